@@ -279,3 +279,759 @@ pub struct PostprocessSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_bbox_size: Option<f32>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation
+// ---------------------------------------------------------------------------------------------
+
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Name, element type and shape of one graph input or output (`-1` = dynamic dimension), as
+/// reported by ONNX Runtime. Plain data so validation can be tested without a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Element type, e.g. `"f32"`.
+    pub elem: String,
+    pub shape: Vec<i64>,
+}
+
+impl TensorInfo {
+    /// Shape as `[1, 3, 320, 320]`, dynamic dimensions as `?`.
+    pub fn shape_str(&self) -> String {
+        shape_str(&self.shape)
+    }
+}
+
+fn shape_str(s: &[i64]) -> String {
+    let v: Vec<String> = s
+        .iter()
+        .map(|d| if *d < 0 { "?".into() } else { d.to_string() })
+        .collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// Where a spec came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecSource {
+    /// `--spec PATH`.
+    Explicit(PathBuf),
+    /// The model's ONNX `metadata_props` entry [`METADATA_KEY`].
+    Metadata(PathBuf),
+    /// A sidecar JSON beside the model.
+    Sidecar(PathBuf),
+}
+
+impl SpecSource {
+    /// The file to name in error messages.
+    pub fn path(&self) -> &Path {
+        match self {
+            SpecSource::Explicit(p) | SpecSource::Metadata(p) | SpecSource::Sidecar(p) => p,
+        }
+    }
+}
+
+impl std::fmt::Display for SpecSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpecSource::Explicit(p) => write!(f, "{} (--spec)", p.display()),
+            SpecSource::Metadata(p) => {
+                write!(f, "{} (ONNX metadata `{METADATA_KEY}`)", p.display())
+            }
+            SpecSource::Sidecar(p) => write!(f, "{} (sidecar)", p.display()),
+        }
+    }
+}
+
+/// Sidecar candidates for a model: `<model stem>.json`, then `<model file name>.json`.
+pub fn sidecar_candidates(model: &Path) -> Vec<PathBuf> {
+    let mut v = vec![model.with_extension("json")];
+    let mut s = model.as_os_str().to_owned();
+    s.push(".json");
+    v.push(PathBuf::from(s));
+    v
+}
+
+/// Finds and parses the spec of `model`: `explicit` (`--spec`) first, then the ONNX metadata
+/// value `metadata` (read by the caller from the session), then a sidecar JSON.
+///
+/// Errors: [`Error::Spec`] for unreadable / malformed JSON, a wrong `format`, an internally
+/// inconsistent spec ([`DetectorSpec::check`]), or no spec at all (the message says how to supply
+/// one).
+pub fn resolve(
+    model: &Path,
+    explicit: Option<&Path>,
+    metadata: Option<&str>,
+) -> Result<(DetectorSpec, SpecSource)> {
+    if let Some(p) = explicit {
+        let text = std::fs::read_to_string(p).map_err(|e| Error::Spec {
+            path: p.to_path_buf(),
+            msg: format!("cannot read spec file: {e}"),
+        })?;
+        return Ok((
+            DetectorSpec::from_json(&text, p)?,
+            SpecSource::Explicit(p.into()),
+        ));
+    }
+    if let Some(text) = metadata {
+        let src = SpecSource::Metadata(model.to_path_buf());
+        return Ok((DetectorSpec::from_json(text, src.path())?, src));
+    }
+    for c in sidecar_candidates(model) {
+        if c.is_file() {
+            let text = std::fs::read_to_string(&c).map_err(|e| Error::Spec {
+                path: c.clone(),
+                msg: format!("cannot read sidecar spec: {e}"),
+            })?;
+            return Ok((DetectorSpec::from_json(&text, &c)?, SpecSource::Sidecar(c)));
+        }
+    }
+    Err(Error::Spec {
+        path: model.to_path_buf(),
+        msg: format!(
+            "the model has no detector spec: no `{METADATA_KEY}` entry in its ONNX metadata_props and \
+             no sidecar {}; pass one with --spec PATH (format in docs/spec.md; specs for the NanoDet-m \
+             models are in models/specs/)",
+            sidecar_candidates(model)[0].display()
+        ),
+    })
+}
+
+impl DetectorSpec {
+    /// Parses a spec from JSON text and runs [`DetectorSpec::check`]; `path` names the source in
+    /// errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<DetectorSpec> {
+        let err = |msg: String| Error::Spec {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        match v.get("format").and_then(|f| f.as_str()) {
+            Some(FORMAT_V1) => {}
+            Some(f) => {
+                return Err(err(format!(
+                    "unsupported format {f:?}; this build reads {FORMAT_V1:?}"
+                )));
+            }
+            None => return Err(err(format!("missing \"format\": {FORMAT_V1:?}"))),
+        }
+        let spec: DetectorSpec =
+            serde_json::from_value(v).map_err(|e| err(format!("invalid spec: {e}")))?;
+        spec.check(path)?;
+        Ok(spec)
+    }
+
+    /// Number of classes C.
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Priors per location A (anchors: `len(ratios) * scales_per_octave`; explicit: entries per
+    /// level; points: 1).
+    pub fn num_priors(&self) -> usize {
+        match &self.head.priors {
+            PriorSpec::Anchors {
+                scales_per_octave,
+                ratios,
+                ..
+            } => ratios.len() * *scales_per_octave as usize,
+            PriorSpec::ExplicitAnchors { per_level, .. } => per_level.first().map_or(0, Vec::len),
+            PriorSpec::Points { .. } => 1,
+        }
+    }
+
+    /// Regression channels per prior: 4, or `4 * (reg_max + 1)` for the distribution coder.
+    pub fn reg_channels(&self) -> usize {
+        match &self.head.coder {
+            CoderSpec::Distribution { reg_max, .. } => 4 * (*reg_max as usize + 1),
+            _ => 4,
+        }
+    }
+
+    /// Fixed network input size `(height, width)` when the resize rule fixes it (stretch,
+    /// letterbox); `None` for keep-ratio.
+    pub fn fixed_input_hw(&self) -> Option<(u32, u32)> {
+        match self.input.resize {
+            ResizeRule::Stretch { width, height } | ResizeRule::Letterbox { width, height, .. } => {
+                let d = self.input.pad.size_divisor.max(1);
+                Some((height.div_ceil(d) * d, width.div_ceil(d) * d))
+            }
+            ResizeRule::KeepRatio { .. } => None,
+        }
+    }
+
+    /// Checks the spec on its own (no graph): format, classes, strictly increasing strides,
+    /// priors / coder matching the head kind, centerness tensors present iff `head.centerness`,
+    /// explicit anchors per level, sane thresholds and sizes.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        let err = |msg: String| {
+            Err(Error::Spec {
+                path: path.to_path_buf(),
+                msg,
+            })
+        };
+        if self.format != FORMAT_V1 {
+            return err(format!(
+                "format is {:?}, expected {FORMAT_V1:?}",
+                self.format
+            ));
+        }
+        if self.classes.is_empty() {
+            return err("classes is empty".into());
+        }
+        let h = &self.head;
+        if h.levels.is_empty() {
+            return err("head.levels is empty".into());
+        }
+        for w in h.levels.windows(2) {
+            if w[1].stride <= w[0].stride {
+                return err(format!(
+                    "head.levels strides must increase: {} then {}",
+                    w[0].stride, w[1].stride
+                ));
+            }
+        }
+        if h.levels.iter().any(|l| l.stride == 0) {
+            return err("head.levels: stride 0".into());
+        }
+        let anchors = matches!(
+            h.priors,
+            PriorSpec::Anchors { .. } | PriorSpec::ExplicitAnchors { .. }
+        );
+        match (h.kind, anchors, &h.coder) {
+            (HeadKind::Retina | HeadKind::Atss, true, CoderSpec::DeltaXywh { .. }) => {}
+            (HeadKind::Gfl, false, CoderSpec::Distribution { .. }) => {}
+            (HeadKind::Fcos, false, CoderSpec::Distance { .. }) => {}
+            (k, _, c) => {
+                let want = match k {
+                    HeadKind::Retina | HeadKind::Atss => {
+                        "anchors/explicit_anchors priors with the delta_xywh coder"
+                    }
+                    HeadKind::Gfl => "points priors with the distribution coder",
+                    HeadKind::Fcos => "points priors with the distance coder",
+                };
+                return err(format!(
+                    "head.kind {k:?} needs {want}, found priors {} with coder {c:?}",
+                    match h.priors {
+                        PriorSpec::Anchors { .. } => "anchors",
+                        PriorSpec::ExplicitAnchors { .. } => "explicit_anchors",
+                        PriorSpec::Points { .. } => "points",
+                    }
+                ));
+            }
+        }
+        match &h.priors {
+            PriorSpec::Anchors {
+                octave_base_scale,
+                scales_per_octave,
+                ratios,
+                ..
+            } => {
+                if ratios.is_empty() || *scales_per_octave == 0 || *octave_base_scale <= 0.0 {
+                    return err("head.priors: need ratios, scales_per_octave >= 1 and octave_base_scale > 0".into());
+                }
+                if ratios.iter().any(|r| *r <= 0.0) {
+                    return err("head.priors.ratios must be > 0 (h/w)".into());
+                }
+            }
+            PriorSpec::ExplicitAnchors { per_level, .. } => {
+                if per_level.len() != h.levels.len() {
+                    return err(format!(
+                        "head.priors.per_level has {} levels, head.levels has {}",
+                        per_level.len(),
+                        h.levels.len()
+                    ));
+                }
+                let a = per_level[0].len();
+                if a == 0 || per_level.iter().any(|l| l.len() != a) {
+                    return err("head.priors.per_level: every level needs the same, non-zero number of (w, h) anchors".into());
+                }
+                if per_level
+                    .iter()
+                    .flatten()
+                    .any(|[w, hh]| *w <= 0.0 || *hh <= 0.0)
+                {
+                    return err("head.priors.per_level: anchor sizes must be > 0".into());
+                }
+            }
+            PriorSpec::Points { .. } => {}
+        }
+        for (i, l) in h.levels.iter().enumerate() {
+            match (h.centerness, &l.centerness) {
+                (true, None) => {
+                    return err(format!(
+                        "head.centerness is true but level {i} (stride {}) names no centerness tensor",
+                        l.stride
+                    ));
+                }
+                (false, Some(c)) => {
+                    return err(format!(
+                        "level {i} names centerness tensor {c:?} but head.centerness is false"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let p = &self.postprocess;
+        if !(0.0..1.0).contains(&p.score_thr) {
+            return err(format!(
+                "postprocess.score_thr {} is not in [0, 1)",
+                p.score_thr
+            ));
+        }
+        if !(p.iou_thr > 0.0 && p.iou_thr <= 1.0) {
+            return err(format!(
+                "postprocess.iou_thr {} is not in (0, 1]",
+                p.iou_thr
+            ));
+        }
+        if p.nms_pre == 0 || p.max_per_img == 0 {
+            return err("postprocess.nms_pre and max_per_img must be >= 1".into());
+        }
+        if self.input.std.contains(&0.0) {
+            return err("input.std has a zero".into());
+        }
+        if self.input.pad.size_divisor == 0 {
+            return err("input.pad.size_divisor must be >= 1".into());
+        }
+        let zero = match self.input.resize {
+            ResizeRule::KeepRatio { scale } => scale[0] == 0 || scale[1] == 0,
+            ResizeRule::Stretch { width, height } | ResizeRule::Letterbox { width, height, .. } => {
+                width == 0 || height == 0
+            }
+        };
+        if zero {
+            return err("input.resize has a zero size".into());
+        }
+        Ok(())
+    }
+
+    /// Validates the spec against the graph's inputs and outputs: the input tensor exists with
+    /// rank 4 and 3 channels (and the fixed size of a stretch / letterbox resize, where the graph
+    /// is static); every level tensor exists, is f32, and has the channel count the spec implies
+    /// (`A*C` class scores, `A*4` or `4*(reg_max+1)` regression, `A` centerness) and consistent
+    /// spatial sizes (`H = ceil(input_h / stride)`; for the flat layout `rows = H*W*A`).
+    ///
+    /// Errors: [`Error::Spec`] naming the tensor, the expected and the found shape.
+    pub fn validate_io(
+        &self,
+        inputs: &[TensorInfo],
+        outputs: &[TensorInfo],
+        path: &Path,
+    ) -> Result<()> {
+        let err = |msg: String| {
+            Err(Error::Spec {
+                path: path.to_path_buf(),
+                msg,
+            })
+        };
+        let list = |v: &[TensorInfo]| {
+            v.iter()
+                .map(|t| format!("{} {}", t.name, t.shape_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(inp) = inputs.iter().find(|t| t.name == self.input.name) else {
+            return err(format!(
+                "input.name {:?} is not a graph input; the graph's inputs are: {}",
+                self.input.name,
+                list(inputs)
+            ));
+        };
+        if inp.shape.len() != 4 {
+            return err(format!(
+                "input {:?}: expected rank 4 [N, 3, H, W], found {}",
+                inp.name,
+                inp.shape_str()
+            ));
+        }
+        if inp.elem != "f32" {
+            return err(format!(
+                "input {:?}: expected f32, found {}",
+                inp.name, inp.elem
+            ));
+        }
+        if inp.shape[1] >= 0 && inp.shape[1] != 3 {
+            return err(format!(
+                "input {:?}: expected 3 channels [N, 3, H, W], found {}",
+                inp.name,
+                inp.shape_str()
+            ));
+        }
+        let graph_hw =
+            (inp.shape[2] > 0 && inp.shape[3] > 0).then_some((inp.shape[2], inp.shape[3]));
+        let fixed = self.fixed_input_hw();
+        if let (Some((gh, gw)), Some((h, w))) = (graph_hw, fixed)
+            && (gh != h as i64 || gw != w as i64)
+        {
+            return err(format!(
+                "input {:?}: the resize rule produces [1, 3, {h}, {w}] but the graph expects {}",
+                inp.name,
+                inp.shape_str()
+            ));
+        }
+        // Input size to derive level sizes from: the fixed resize size, else a static graph.
+        let in_hw = fixed
+            .map(|(h, w)| (h as i64, w as i64))
+            .or(if self.input.dynamic_hw {
+                None
+            } else {
+                graph_hw
+            });
+
+        let a = self.num_priors() as i64;
+        let c = self.num_classes() as i64;
+        let r = self.reg_channels() as i64;
+        let find = |name: &str, what: &str, level: usize| -> Result<&TensorInfo> {
+            outputs.iter().find(|t| t.name == name).ok_or_else(|| Error::Spec {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "level {level} {what} tensor {name:?} is not a graph output; the graph's outputs are: {}",
+                    list(outputs)
+                ),
+            })
+        };
+        for (li, l) in self.head.levels.iter().enumerate() {
+            let expect_hw = in_hw.map(|(h, w)| {
+                let s = l.stride as i64;
+                ((h + s - 1) / s, (w + s - 1) / s)
+            });
+            let mut tensors = vec![
+                (
+                    find(&l.cls, "class-score", li)?,
+                    a * c,
+                    "class-score",
+                    format!("A*C = {a}*{c}"),
+                ),
+                (
+                    find(&l.reg, "box-regression", li)?,
+                    a * r,
+                    "box-regression",
+                    if r == 4 {
+                        format!("A*4 = {a}*4")
+                    } else {
+                        format!("A*4*(reg_max+1) = {a}*{r}")
+                    },
+                ),
+            ];
+            if let Some(cn) = &l.centerness {
+                tensors.push((
+                    find(cn, "centerness", li)?,
+                    a,
+                    "centerness",
+                    format!("A = {a}"),
+                ));
+            }
+            let mut spatial: Option<(i64, i64, &str)> = None;
+            for (t, ch, what, why) in tensors {
+                if t.elem != "f32" {
+                    return err(format!(
+                        "level {li} {what} tensor {:?}: expected f32, found {}",
+                        t.name, t.elem
+                    ));
+                }
+                match self.head.layout {
+                    TensorLayout::Nchw => {
+                        if t.shape.len() != 4 {
+                            return err(format!(
+                                "level {li} (stride {}) {what} tensor {:?}: expected NCHW [N, {ch}, H, W] ({why}), found {}",
+                                l.stride,
+                                t.name,
+                                t.shape_str()
+                            ));
+                        }
+                        if t.shape[1] >= 0 && t.shape[1] != ch {
+                            return err(format!(
+                                "level {li} (stride {}) {what} tensor {:?}: expected [N, {ch}, H, W] ({why}{}), found {}",
+                                l.stride,
+                                t.name,
+                                if what == "class-score" {
+                                    format!("; C = {} classes in the spec", c)
+                                } else {
+                                    String::new()
+                                },
+                                t.shape_str()
+                            ));
+                        }
+                        let (th, tw) = (t.shape[2], t.shape[3]);
+                        if let Some((eh, ew)) = expect_hw
+                            && ((th >= 0 && th != eh) || (tw >= 0 && tw != ew))
+                        {
+                            return err(format!(
+                                "level {li} (stride {}) {what} tensor {:?}: expected [N, {ch}, {eh}, {ew}] (input {:?} / stride), found {}",
+                                l.stride,
+                                t.name,
+                                in_hw.unwrap(),
+                                t.shape_str()
+                            ));
+                        }
+                        if th >= 0 && tw >= 0 {
+                            if let Some((sh, sw, first)) = spatial {
+                                if (sh, sw) != (th, tw) {
+                                    return err(format!(
+                                        "level {li} (stride {}): {what} tensor {:?} is {}x{} but {first} is {sh}x{sw}",
+                                        l.stride, t.name, th, tw
+                                    ));
+                                }
+                            } else {
+                                spatial = Some((th, tw, what));
+                            }
+                        }
+                    }
+                    TensorLayout::Flat => {
+                        let per = ch / a.max(1);
+                        let ok_rank = t.shape.len() == 2 || t.shape.len() == 3;
+                        let rows = if ok_rank {
+                            t.shape[t.shape.len() - 2]
+                        } else {
+                            -1
+                        };
+                        let k = t.shape.last().copied().unwrap_or(-1);
+                        let exp_rows = expect_hw.map(|(h, w)| h * w * a);
+                        let exp_str = format!(
+                            "[{}, {per}]",
+                            exp_rows.map_or("H*W*A".to_string(), |r| r.to_string())
+                        );
+                        let bad_rows = matches!((exp_rows, rows), (Some(e), r) if r >= 0 && r != e);
+                        if !ok_rank || (k >= 0 && k != per) || bad_rows {
+                            let per_why = match what {
+                                "class-score" => format!("C = {c} classes"),
+                                "box-regression" if r != 4 => format!("4*(reg_max+1) = {r}"),
+                                _ => per.to_string(),
+                            };
+                            let rows_why = match (expect_hw, in_hw) {
+                                (Some((h, w)), Some(ih)) => format!(
+                                    "; rows = H*W*A = {h}*{w}*{a} for input {ih:?} at stride {}",
+                                    l.stride
+                                ),
+                                _ => String::new(),
+                            };
+                            return err(format!(
+                                "level {li} (stride {}) {what} tensor {:?}: expected {exp_str} or [N, ...] \
+                                 (flat layout, {per_why} per row{rows_why}), found {}",
+                                l.stride,
+                                t.name,
+                                t.shape_str()
+                            ));
+                        }
+                        if rows >= 0 {
+                            if let Some((sr, _, first)) = spatial {
+                                if sr != rows {
+                                    return err(format!(
+                                        "level {li} (stride {}): {what} tensor {:?} has {rows} rows but {first} has {sr}",
+                                        l.stride, t.name
+                                    ));
+                                }
+                            } else {
+                                spatial = Some((rows, 0, what));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nanodet_like() -> DetectorSpec {
+        let text = include_str!("../models/specs/nanodet-m-320.json");
+        DetectorSpec::from_json(text, Path::new("nanodet-m-320.json")).unwrap()
+    }
+
+    fn ti(name: &str, shape: &[i64]) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            elem: "f32".into(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn nanodet_io() -> (Vec<TensorInfo>, Vec<TensorInfo>) {
+        (
+            vec![ti("image", &[1, 3, 320, 320])],
+            vec![
+                ti("cls_score0", &[1600, 80]),
+                ti("bbox_pred0", &[400, 80]),
+                ti("cls_score1", &[100, 80]),
+                ti("bbox_pred1", &[1600, 32]),
+                ti("cls_score2", &[400, 32]),
+                ti("bbox_pred2", &[100, 32]),
+            ],
+        )
+    }
+
+    fn msg(r: Result<()>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn shipped_nanodet_spec_matches_graph_shapes() {
+        let s = nanodet_like();
+        let (i, o) = nanodet_io();
+        s.validate_io(&i, &o, Path::new("m.json")).unwrap();
+        assert_eq!(
+            (s.num_priors(), s.num_classes(), s.reg_channels()),
+            (1, 80, 32)
+        );
+    }
+
+    #[test]
+    fn wrong_class_count_names_tensor_and_shapes() {
+        let mut s = nanodet_like();
+        s.classes.pop();
+        let (i, o) = nanodet_io();
+        let m = msg(s.validate_io(&i, &o, Path::new("m.json")));
+        assert!(
+            m.contains("\"cls_score0\"")
+                && m.contains("[1600, 79]")
+                && m.contains("found [1600, 80]"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn missing_tensor_and_input_are_named() {
+        let mut s = nanodet_like();
+        s.head.levels[1].reg = "nope".into();
+        let (i, o) = nanodet_io();
+        let m = msg(s.validate_io(&i, &o, Path::new("m.json")));
+        assert!(
+            m.contains("\"nope\" is not a graph output") && m.contains("bbox_pred1 [1600, 32]"),
+            "{m}"
+        );
+        let mut s = nanodet_like();
+        s.input.name = "images".into();
+        let m = msg(s.validate_io(&i, &o, Path::new("m.json")));
+        assert!(
+            m.contains("\"images\" is not a graph input") && m.contains("image [1, 3, 320, 320]"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn wrong_rows_and_input_size_are_reported() {
+        let mut s = nanodet_like();
+        s.head.levels.swap(0, 1);
+        s.head.levels[0].stride = 8;
+        s.head.levels[1].stride = 16;
+        let (i, o) = nanodet_io();
+        let m = msg(s.validate_io(&i, &o, Path::new("m.json")));
+        assert!(
+            m.contains("expected [1600, 80]") && m.contains("found [400, 80]"),
+            "{m}"
+        );
+        let mut s = nanodet_like();
+        s.input.resize = ResizeRule::Stretch {
+            width: 416,
+            height: 416,
+        };
+        let m = msg(s.validate_io(&i, &o, Path::new("m.json")));
+        assert!(
+            m.contains("[1, 3, 416, 416]") && m.contains("[1, 3, 320, 320]"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn nchw_channel_counts_are_checked() {
+        // RetinaNet-like: A = 9, C = 80 -> 720 class channels, 36 regression channels.
+        let mut s = nanodet_like();
+        s.head.kind = HeadKind::Retina;
+        s.head.layout = TensorLayout::Nchw;
+        s.head.priors = PriorSpec::Anchors {
+            octave_base_scale: 4.0,
+            scales_per_octave: 3,
+            ratios: vec![0.5, 1.0, 2.0],
+            center_offset: 0.0,
+        };
+        s.head.coder = CoderSpec::DeltaXywh {
+            means: [0.0; 4],
+            stds: [1.0; 4],
+            wh_ratio_clip: 0.016,
+            clip_border: true,
+        };
+        s.check(Path::new("x")).unwrap();
+        let i = vec![ti("image", &[1, 3, 320, 320])];
+        let mut o: Vec<TensorInfo> = s
+            .head
+            .levels
+            .iter()
+            .flat_map(|l| {
+                let n = (320 / l.stride) as i64;
+                [ti(&l.cls, &[1, 720, n, n]), ti(&l.reg, &[1, 36, n, n])]
+            })
+            .collect();
+        s.validate_io(&i, &o, Path::new("m")).unwrap();
+        o[1].shape[1] = 32;
+        let m = msg(s.validate_io(&i, &o, Path::new("m")));
+        assert!(
+            m.contains("A*4 = 9*4")
+                && m.contains("[N, 36, H, W]")
+                && m.contains("found [1, 32, 40, 40]"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn internal_checks() {
+        let base = nanodet_like();
+        let mut s = base.clone();
+        s.head.levels[2].stride = 16;
+        assert!(msg(s.check(Path::new("x"))).contains("strides must increase"));
+        let mut s = base.clone();
+        s.head.centerness = true;
+        assert!(msg(s.check(Path::new("x"))).contains("names no centerness tensor"));
+        let mut s = base.clone();
+        s.head.kind = HeadKind::Atss;
+        assert!(msg(s.check(Path::new("x"))).contains("needs anchors"));
+        let e =
+            DetectorSpec::from_json(r#"{"format": "anchorkit.detector/9"}"#, Path::new("s.json"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("s.json") && e.contains("unsupported format"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_spec_error_says_how_to_supply_one() {
+        let d = tempfile::tempdir().unwrap();
+        let m = d.path().join("model.onnx");
+        let e = resolve(&m, None, None).unwrap_err().to_string();
+        assert!(
+            e.contains("--spec PATH")
+                && e.contains("model.json")
+                && e.contains("anchorkit.detector"),
+            "{e}"
+        );
+        std::fs::write(
+            d.path().join("model.json"),
+            include_str!("../models/specs/nanodet-m-320.json"),
+        )
+        .unwrap();
+        let (_, src) = resolve(&m, None, None).unwrap();
+        assert_eq!(src, SpecSource::Sidecar(d.path().join("model.json")));
+    }
+
+    #[test]
+    fn examples_in_docs_are_valid_specs() {
+        let doc = include_str!("../docs/spec.md");
+        let blocks: Vec<&str> = doc
+            .split("```json")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .collect();
+        assert_eq!(blocks.len(), 2);
+        for b in blocks {
+            DetectorSpec::from_json(b, Path::new("docs/spec.md")).unwrap();
+        }
+    }
+}
