@@ -1,0 +1,162 @@
+"""Label assignment: ATSS, max-IoU (RetinaNet) and Pseudo-IoU (FCOS points).
+
+Exactly as `reference/mmdet-inference.md` section 6 describes; upstream files:
+mmdet `mmdet/core/bbox/assigners/atss_assigner.py`, `.../max_iou_assigner.py`, and
+SHI-Labs Pseudo-IoU `mmdet/models/dense_heads/piou_head.py`.
+All functions work on one image; `-1` / `0` conventions are documented per function.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .anchors import box_iou
+
+INF = 1e8
+
+
+def atss_assign(
+    anchors: Tensor, num_per_level: list[int], gts: Tensor, topk: int = 9
+) -> tuple[Tensor, Tensor]:
+    """ATSS assignment (Zhang et al. 2020; mmdet `ATSSAssigner`, reference section 6.2).
+
+    Args:
+        anchors: `[N, 4]` all levels concatenated. num_per_level: anchors per level.
+        gts: `[G, 4]` ground-truth boxes. topk: k candidates per level by centre distance.
+    Returns:
+        `(assigned, max_iou)`: `assigned[j]` is the gt index (0-based) of anchor j or -1 for
+        background; `max_iou[j]` its IoU with that gt (or -inf for background).
+
+    Per gt: k nearest anchor centres per level (Euclidean), thr = mean + std (unbiased) of
+    their IoUs, positive if IoU >= thr and the anchor centre is inside the gt with margin
+    `min(l, t, r, b) > 0.01`; an anchor positive for several gts takes the argmax IoU
+    (first index on ties).
+    """
+    n, g = anchors.shape[0], gts.shape[0]
+    if g == 0 or n == 0:
+        return anchors.new_full((n,), -1, dtype=torch.long), anchors.new_full(
+            (n,), -float("inf")
+        )
+    overlaps = box_iou(anchors, gts)  # [N, G]
+    gcx = (gts[:, 0] + gts[:, 2]) / 2.0
+    gcy = (gts[:, 1] + gts[:, 3]) / 2.0
+    acx = (anchors[:, 0] + anchors[:, 2]) / 2.0
+    acy = (anchors[:, 1] + anchors[:, 3]) / 2.0
+    dist = (
+        (acx[:, None] - gcx[None, :]) ** 2 + (acy[:, None] - gcy[None, :]) ** 2
+    ).sqrt()
+    cand = []
+    start = 0
+    for cnt in num_per_level:
+        k = min(topk, cnt)
+        _, idx = dist[start : start + cnt].topk(k, dim=0, largest=False)
+        cand.append(idx + start)
+        start += cnt
+    cand_idx = torch.cat(cand, dim=0)  # [L*k, G]
+    cols = torch.arange(g, device=anchors.device)
+    cand_ov = overlaps[cand_idx, cols[None, :]]
+    thr = cand_ov.mean(0) + cand_ov.std(0)  # torch.std is unbiased (n - 1)
+    is_pos = cand_ov >= thr[None, :]
+    cx = acx[cand_idx]
+    cy = acy[cand_idx]
+    l_ = cx - gts[:, 0][None, :]
+    t_ = cy - gts[:, 1][None, :]
+    r_ = gts[:, 2][None, :] - cx
+    b_ = gts[:, 3][None, :] - cy
+    inside = torch.stack([l_, t_, r_, b_], dim=0).min(dim=0).values > 0.01
+    is_pos = is_pos & inside
+    ov_inf = torch.full((g, n), -float("inf"), device=anchors.device)
+    flat = (cand_idx + cols[None, :] * n).reshape(-1)[is_pos.reshape(-1)]
+    ov_inf.view(-1)[flat] = overlaps.t().contiguous().view(-1)[flat]
+    max_ov, argmax = ov_inf.t().max(dim=1)
+    assigned = torch.where(max_ov != -float("inf"), argmax, torch.full_like(argmax, -1))
+    return assigned, max_ov
+
+
+def max_iou_assign(
+    anchors: Tensor, gts: Tensor, pos_iou_thr: float = 0.5, neg_iou_thr: float = 0.4
+) -> Tensor:
+    """RetinaNet max-IoU assignment (mmdet `MaxIoUAssigner`, min_pos_iou=0,
+    gt_max_assign_all=True, match_low_quality=True; RetinaNet config of section 1.1).
+
+    Returns `[N]` long: gt index >= 0 for positives, -1 background, -2 ignored
+    (neg_iou_thr <= IoU < pos_iou_thr). Each gt also takes every anchor whose IoU equals
+    that gt's maximum IoU.
+    """
+    n, g = anchors.shape[0], gts.shape[0]
+    out = anchors.new_full((n,), -2, dtype=torch.long)
+    if g == 0:
+        out.fill_(-1)
+        return out
+    ov = box_iou(gts, anchors)  # [G, N]
+    max_ov, argmax = ov.max(dim=0)
+    out[(max_ov >= 0) & (max_ov < neg_iou_thr)] = -1
+    pos = max_ov >= pos_iou_thr
+    out[pos] = argmax[pos]
+    gt_max, _ = ov.max(dim=1)
+    for i in range(g):
+        if gt_max[i] >= 0.0:
+            out[ov[i] == gt_max[i]] = i
+    return out
+
+
+def pseudo_iou(ltrb: Tensor) -> Tensor:
+    """Pseudo-IoU of point targets `ltrb` `[..., 4]` (l, t, r, b distances to the gt sides).
+
+    IoU between the gt and a same-size box centred at the point (Li et al. 2021, section 6.3):
+    `inter = (min(l, w/2) + min(r, w/2)) * (min(t, h/2) + min(b, h/2))`,
+    `PIoU = inter / (2*w*h - inter)` with `w = l + r`, `h = t + b`.
+    """
+    l_, t_, r_, b_ = ltrb.unbind(-1)
+    w = l_ + r_
+    h = t_ + b_
+    inter = (torch.minimum(l_, w / 2) + torch.minimum(r_, w / 2)) * (
+        torch.minimum(t_, h / 2) + torch.minimum(b_, h / 2)
+    )
+    return inter / (2 * w * h - inter)
+
+
+def piou_assign(
+    points: Tensor,
+    level_of_point: Tensor,
+    gts: Tensor,
+    regress_ranges: list[tuple[float, float]],
+    piou_thr: float = 0.4,
+) -> tuple[Tensor, Tensor]:
+    """FCOS candidates filtered by Pseudo-IoU (PIOUHead `_get_target_single`, section 6.3).
+
+    Args:
+        points: `[N, 2]`; level_of_point: `[N]` level index; gts: `[G, 4]`;
+        regress_ranges: per level `(lo, hi)`: candidate if `lo <= max(l,t,r,b) <= hi`.
+    Returns:
+        `(assigned [N] long gt index or -1, ltrb [N, 4] distances to the assigned gt)`.
+        Candidates: point strictly inside the gt and max side distance in the level range;
+        the smallest-area gt wins; then PIoU <= piou_thr turns a positive into background.
+    """
+    n, g = points.shape[0], gts.shape[0]
+    if g == 0:
+        return points.new_full((n,), -1, dtype=torch.long), points.new_zeros((n, 4))
+    x = points[:, 0][:, None]
+    y = points[:, 1][:, None]
+    ltrb = torch.stack(
+        [x - gts[:, 0], y - gts[:, 1], gts[:, 2] - x, gts[:, 3] - y], dim=-1
+    )  # [N, G, 4]
+    inside = ltrb.min(dim=-1).values > 0
+    max_side = ltrb.max(dim=-1).values
+    rr = points.new_tensor(regress_ranges)[level_of_point]  # [N, 2]
+    in_range = (max_side >= rr[:, 0:1]) & (max_side <= rr[:, 1:2])
+    areas = (
+        ((gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1]))[None, :]
+        .expand(n, g)
+        .clone()
+    )
+    areas[~(inside & in_range)] = INF
+    min_area, idx = areas.min(dim=1)
+    assigned = torch.where(min_area == INF, torch.full_like(idx, -1), idx)
+    sel = ltrb[torch.arange(n), idx]
+    piou = pseudo_iou(sel)
+    assigned = torch.where(
+        (assigned >= 0) & (piou <= piou_thr), torch.full_like(idx, -1), assigned
+    )
+    return assigned, sel

@@ -1,0 +1,174 @@
+"""Method presets: head shape, priors, coder, post-processing and the anchorkit spec
+(`src/spec.rs`, format `anchorkit.detector/1`) of each trainable detector."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from .data import MEAN_RGB, STD_RGB
+from .losses import ATSS_STDS, FREEANCHOR_STDS, RETINA_STDS
+from .model import STRIDES, Detector, HeadConfig
+from .priors import AnchorPriors, LearnedAnchorPriors, PointPriors
+
+METHODS = (
+    "atss",
+    "freeanchor",
+    "retina",
+    "retina_learned",
+    "freeanchor_learned",
+    "piou",
+)
+#: FCOS regress ranges for our three levels (max side distance in input pixels).
+REGRESS_RANGES = [(-1.0, 64.0), (64.0, 128.0), (128.0, 1e8)]
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Backbone widths (strides 2..32), FPN/head channels, tower depth."""
+
+    widths: tuple[int, ...] = (16, 24, 40, 80, 112)
+    feat: int = 40
+    stacked: int = 2
+
+
+class TrainModel(nn.Module):
+    """Detector plus its priors (learned anchor shapes live in the state dict).
+
+    `loss_kind` is the loss used by `losses.compute_loss`; `stds` the DeltaXYWH stds (None for
+    point heads)."""
+
+    def __init__(
+        self, method: str, num_classes: int, size: ModelSize = ModelSize()
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        self.method = method
+        self.num_classes = num_classes
+        retina_anchors = AnchorPriors(STRIDES, 3.0, 3, [0.5, 1.0, 2.0])
+        common = {"feat": size.feat, "stacked": size.stacked}
+        self.priors: AnchorPriors | LearnedAnchorPriors | PointPriors
+        self.stds: tuple[float, ...] | None
+        if method == "atss":
+            head = HeadConfig(num_classes, 1, centerness=True, scales=True, **common)
+            self.priors = AnchorPriors(STRIDES, 4.0, 1, [1.0])
+            self.loss_kind, self.stds, self.iou_thr = "atss", ATSS_STDS, 0.6
+        elif method in ("freeanchor", "freeanchor_learned"):
+            learned = method.endswith("learned")
+            head = HeadConfig(num_classes, 9, shiftless_bn_wh=learned, **common)
+            self.priors = (
+                LearnedAnchorPriors(retina_anchors) if learned else retina_anchors
+            )
+            self.loss_kind, self.stds, self.iou_thr = "freeanchor", FREEANCHOR_STDS, 0.5
+        elif method in ("retina", "retina_learned"):
+            learned = method.endswith("learned")
+            head = HeadConfig(num_classes, 9, shiftless_bn_wh=learned, **common)
+            self.priors = (
+                LearnedAnchorPriors(retina_anchors) if learned else retina_anchors
+            )
+            self.loss_kind, self.stds, self.iou_thr = "retina", RETINA_STDS, 0.5
+        else:
+            head = HeadConfig(
+                num_classes, 1, centerness=True, scales=True, reg_relu=True, **common
+            )
+            self.priors = PointPriors(STRIDES, 0.5)
+            self.loss_kind, self.stds, self.iou_thr = "piou", None, 0.5
+        self.detector = Detector(head, fpn_ch=size.feat, widths=size.widths)
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        return self.detector(x)
+
+    def output_names(self) -> tuple[list[str], list[str], list[str]]:
+        """ONNX output names per level: `cls_p3..`, `reg_p3..`, `ctr_p3..` (if centerness)."""
+        lv = [f"p{i + 3}" for i in range(len(STRIDES))]
+        has_ctr = self.detector.head.cfg.centerness
+        return (
+            [f"cls_{p}" for p in lv],
+            [f"reg_{p}" for p in lv],
+            [f"ctr_{p}" for p in lv] if has_ctr else [],
+        )
+
+    def spec(
+        self,
+        classes: tuple[str, ...],
+        name: str,
+        scale: tuple[int, int],
+        provenance: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The `anchorkit.detector/1` spec JSON (serde names of `src/spec.rs`)."""
+        cls_n, reg_n, ctr_n = self.output_names()
+        levels: list[dict[str, Any]] = []
+        for i, s in enumerate(STRIDES):
+            lvl: dict[str, Any] = {"stride": s, "cls": cls_n[i], "reg": reg_n[i]}
+            if ctr_n:
+                lvl["centerness"] = ctr_n[i]
+            levels.append(lvl)
+        if self.stds is not None:
+            coder: dict[str, Any] = {
+                "type": "delta_xywh",
+                "means": [0.0, 0.0, 0.0, 0.0],
+                "stds": list(self.stds),
+                "wh_ratio_clip": 16.0 / 1000.0,
+                "clip_border": True,
+            }
+        else:
+            coder = {"type": "distance", "scale_by_stride": True, "clip_border": True}
+        kind = {
+            "atss": "atss",
+            "freeanchor": "retina",
+            "retina": "retina",
+            "piou": "fcos",
+        }[self.loss_kind]
+        spec: dict[str, Any] = {
+            "format": "anchorkit.detector/1",
+            "name": name,
+            "classes": list(classes),
+            "input": {
+                "name": "input",
+                "channel_order": "rgb",
+                "mean": list(MEAN_RGB),
+                "std": list(STD_RGB),
+                "resize": {
+                    "rule": "keep_ratio",
+                    "scale": [int(scale[0]), int(scale[1])],
+                },
+                "pad": {"size_divisor": 32, "value": 0.0},
+                "dynamic_hw": True,
+                "exif_orientation": True,
+            },
+            "head": {
+                "kind": kind,
+                "layout": "nchw",
+                "levels": levels,
+                "priors": self.priors.spec(),
+                "coder": coder,
+                "score": "sigmoid",
+                "centerness": bool(ctr_n),
+            },
+            "postprocess": {
+                "nms_pre": 1000,
+                "score_thr": 0.05,
+                "iou_thr": self.iou_thr,
+                "max_per_img": 100,
+                "class_agnostic": False,
+                "rule": "mmdet",
+            },
+        }
+        if provenance is not None:
+            spec["provenance"] = provenance
+        return spec
+
+
+class ExportWrapper(nn.Module):
+    """`forward(x)` returns the flat tuple cls levels, reg levels, ctr levels (ONNX order)."""
+
+    def __init__(self, model: TrainModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        cls, reg, ctr = self.model(x)
+        return tuple(cls) + tuple(reg) + tuple(ctr)

@@ -1,0 +1,253 @@
+"""Train a compact detector on a VOC dataset (BCCD by default) on CPU.
+
+Example (from the repo root):
+    PYTHONPATH=tools nice -n 10 tools/.venv/bin/python -m anchorkit_train.train \
+        --method atss --epochs 16 --out tools/runs/atss
+
+Writes `<out>/last.pt` (checkpoint after every epoch, atomic), `<out>/log.jsonl` (one JSON
+line per epoch: losses, lr, wall time, test AP/AP50 when evaluated, learned anchors), and
+`<out>/args.json`. `--resume` continues from `last.pt` with the same schedule and data
+order (per-epoch RNG seeded from `(seed, epoch)`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import BCCD_CLASSES, AugConfig, TrainSet, load_voc
+from .evaluate import coco_eval, detect_all
+from .losses import compute_loss
+from .methods import METHODS, REGRESS_RANGES, ExportWrapper, ModelSize, TrainModel
+from .priors import LearnedAnchorPriors
+
+log = logging.getLogger("anchorkit_train")
+
+
+def torch_infer(model: TrainModel) -> Any:
+    """Callable `[1,3,H,W]` numpy -> outputs by ONNX name, using the torch model in eval mode."""
+    wrap = ExportWrapper(model).eval()
+    names = sum(model.output_names(), [])
+
+    def infer(x: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            outs = wrap(torch.from_numpy(x))
+        return {n: o.numpy() for n, o in zip(names, outs, strict=True)}
+
+    return infer
+
+
+def lr_at(it: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up from 0.001*base over `warmup` iterations, then cosine to 0.01*base."""
+    if it < warmup:
+        return base * (0.001 + (1 - 0.001) * it / warmup)
+    p = (it - warmup) / max(1, total - warmup)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temp file then rename."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_step(
+    model: TrainModel,
+    opt: torch.optim.Optimizer,
+    images: torch.Tensor,
+    boxes: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    cluster: tuple[float, float] | None = None,
+    clip: float = 35.0,
+) -> dict[str, float]:
+    """One optimisation step; returns the loss components (floats). `cluster=(T, lambda)` adds
+    the learned-anchor online-clustering warm-up term."""
+    model.train()
+    outs = model(images)
+    losses = compute_loss(
+        model.loss_kind,
+        model.priors,
+        outs,
+        boxes,
+        labels,
+        model.num_classes,
+        REGRESS_RANGES,
+    )
+    if cluster is not None and isinstance(model.priors, LearnedAnchorPriors):
+        gt = torch.cat(boxes) if boxes else torch.zeros((0, 4))
+        wh = torch.stack([gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]], 1)
+        losses["loss_cluster"] = model.priors.clustering_loss(
+            wh, cluster[0], cluster[1]
+        )
+    total = sum(losses.values())
+    assert isinstance(total, torch.Tensor)
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    out["loss"] = float(total.detach())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--method", choices=METHODS, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/bccd/BCCD"))
+    ap.add_argument("--train-split", default="trainval")
+    ap.add_argument("--val-split", default="test")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--warmup-iters", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--scale",
+        type=int,
+        nargs=2,
+        default=[416, 312],
+        help="keep_ratio (long, short)",
+    )
+    ap.add_argument(
+        "--canvas", type=int, nargs=2, default=[256, 192], help="train crop (w, h)"
+    )
+    ap.add_argument("--jitter", type=float, nargs=2, default=[0.4, 1.25])
+    ap.add_argument("--eval-every", type=int, default=2)
+    ap.add_argument(
+        "--cluster-epochs", type=int, default=2, help="learned anchors: warm-up epochs"
+    )
+    ap.add_argument("--cluster-t", type=float, default=0.25)
+    ap.add_argument("--cluster-lambda", type=float, default=1.0)
+    ap.add_argument(
+        "--max-iters",
+        type=int,
+        default=0,
+        help="stop after this many iterations (smoke)",
+    )
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "args.json").write_text(
+        json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1)
+    )
+    classes = BCCD_CLASSES
+    train_recs = load_voc(a.data, a.train_split, classes)
+    val_recs = load_voc(a.data, a.val_split, classes)
+    aug = AugConfig(
+        scale=(a.scale[0], a.scale[1]),
+        jitter_lo=a.jitter[0],
+        jitter_hi=a.jitter[1],
+        canvas=(a.canvas[0], a.canvas[1]),
+    )
+    ds = TrainSet(train_recs, aug)
+    model = TrainModel(a.method, len(classes), ModelSize())
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    iters_per_epoch = len(ds.records) // a.batch
+    total_iters = iters_per_epoch * a.epochs
+    start_epoch, it = 0, 0
+    ckpt = a.out / "last.pt"
+    if a.resume and ckpt.is_file():
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        start_epoch, it = st["epoch"] + 1, st["iter"]
+        torch.set_rng_state(st["torch_rng"])
+        log.info("resumed from %s at epoch %d", ckpt, start_epoch)
+    log.info(
+        "method=%s params=%d seed=%d iters/epoch=%d",
+        a.method,
+        sum(p.numel() for p in model.parameters()),
+        a.seed,
+        iters_per_epoch,
+    )
+    t_start = time.time()
+    for epoch in range(start_epoch, a.epochs):
+        rng = np.random.default_rng([a.seed, epoch])
+        order = rng.permutation(len(ds.records))
+        sums: dict[str, float] = {}
+        t0 = time.time()
+        n = 0
+        for b in range(iters_per_epoch):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(it, total_iters, a.lr, a.warmup_iters)
+            imgs, boxes, labels = ds.batch(
+                list(order[b * a.batch : (b + 1) * a.batch]), rng
+            )
+            cl = (a.cluster_t, a.cluster_lambda) if epoch < a.cluster_epochs else None
+            lv = train_step(model, opt, imgs, boxes, labels, cl)
+            for k, v in lv.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            it += 1
+            if a.max_iters and it >= a.max_iters:
+                break
+        rec: dict[str, Any] = {
+            "epoch": epoch,
+            "iter": it,
+            "lr": opt.param_groups[0]["lr"],
+            "train_s": round(time.time() - t0, 1),
+        }
+        rec.update({k: round(v / max(1, n), 5) for k, v in sums.items()})
+        if isinstance(model.priors, LearnedAnchorPriors):
+            rec["anchors_wh"] = model.priors.spec()["per_level"]
+        last = epoch == a.epochs - 1 or bool(a.max_iters and it >= a.max_iters)
+        if a.eval_every and ((epoch + 1) % a.eval_every == 0 or last):
+            te = time.time()
+            spec = model.spec(classes, a.method, (a.scale[0], a.scale[1]), None)
+            m = coco_eval(
+                val_recs,
+                detect_all(spec, torch_infer(model), val_recs, exact=False),
+                classes,
+            )
+            rec.update(
+                {
+                    "val_AP": round(m["AP"], 4),
+                    "val_AP50": round(m["AP50"], 4),
+                    "val_AP50_per_class": {
+                        k: round(v, 4) for k, v in m["per_class_AP50"].items()
+                    },
+                    "eval_s": round(time.time() - te, 1),
+                }
+            )
+        rec["wall_s"] = round(time.time() - t_start, 1)
+        log.info("%s", json.dumps(rec))
+        with open(a.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "epoch": epoch,
+                "iter": it,
+                "torch_rng": torch.get_rng_state(),
+                "method": a.method,
+                "seed": a.seed,
+                "scale": list(a.scale),
+            },
+            ckpt,
+        )
+        if a.max_iters and it >= a.max_iters:
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
