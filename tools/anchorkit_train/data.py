@@ -1,8 +1,8 @@
-"""Datasets (VOC XML, COCO JSON), mmdet-style test preprocessing, and training augmentation.
+"""Datasets (VOC XML, COCO JSON) and training augmentation.
 
-Test-time preprocessing follows `reference/mmdet-inference.md` section 1.3: cv2 BGR decode,
-keep-ratio resize (`s = min(long/max(w,h), short/min(w,h))`, `int(w*s + 0.5)`, INTER_LINEAR),
-RGB, `(x - mean) / std`, pad bottom/right to a multiple of 32 with 0 (normalized space).
+Test-time preprocessing is the project's reference (`tools/reference/preprocess.py`,
+`reference/mmdet-inference.md` section 1.3); training uses the same keep-ratio factor
+(`keep_ratio_size`), RGB order, mean/std normalisation and zero padding.
 """
 
 from __future__ import annotations
@@ -150,37 +150,6 @@ def normalize(rgb: np.ndarray) -> np.ndarray:
         STD_RGB, np.float32
     )
     return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def pad_to(chw: np.ndarray, divisor: int) -> np.ndarray:
-    """Pad bottom/right with 0 to a multiple of `divisor`."""
-    _, h, w = chw.shape
-    ph = (h + divisor - 1) // divisor * divisor
-    pw = (w + divisor - 1) // divisor * divisor
-    out = np.zeros((3, ph, pw), np.float32)
-    out[:, :h, :w] = chw
-    return out
-
-
-@dataclass
-class Preprocessed:
-    """Test-time input: `tensor` `[3, Hp, Wp]`, `img_shape` resized unpadded (h, w),
-    `scale_factor` `(w_scale, h_scale)` = new/original."""
-
-    tensor: np.ndarray
-    img_shape: tuple[int, int]
-    scale_factor: tuple[float, float]
-
-
-def preprocess(
-    bgr: np.ndarray, scale: tuple[int, int], divisor: int = 32
-) -> Preprocessed:
-    """mmdet test pipeline (section 1.3) for a `KeepRatio { scale }` spec."""
-    h, w = bgr.shape[:2]
-    nw, nh, _ = keep_ratio_size(w, h, scale)
-    resized = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    chw = normalize(resized[:, :, ::-1])
-    return Preprocessed(pad_to(chw, divisor), (nh, nw), (nw / w, nh / h))
 
 
 @dataclass

@@ -19,24 +19,27 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .data import Record, load_voc, preprocess, read_bgr
-from .postprocess import postprocess
+from ..reference.postprocess import flatten_levels, postprocess
+from ..reference.preprocess import preprocess
+from ..reference.spec import parse_spec
+from .data import Record, load_voc, read_bgr
 
 Infer = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 def detect_all(
-    spec: dict[str, Any], infer: Infer, records: list[Record], exact: bool = True
+    spec: dict[str, Any], infer: Infer, records: list[Record]
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Run `infer` (`[1, 3, H, W]` float32 -> outputs by name) and post-process every record
-    (`exact=False`: torchvision NMS, for fast monitoring during training)."""
-    scale = tuple(spec["input"]["resize"]["scale"])
-    div = int(spec["input"]["pad"]["size_divisor"])
+    """Run `infer` (`[1, 3, H, W]` float32 -> outputs by name) on every record with the
+    project's reference pipeline (`tools/reference`: spec preprocessing, mmdet >= 2.18
+    post-processing, mmcv NMS; `reference/mmdet-inference.md` sections 1.3 and 4).
+    Returns per image `(boxes [n, 4] original pixels, scores [n], labels [n])`."""
+    parsed = parse_spec(spec, "training spec")
     out = []
     for r in records:
-        pre = preprocess(read_bgr(r.path), (int(scale[0]), int(scale[1])), div)
-        outs = infer(pre.tensor[None])
-        out.append(postprocess(spec, outs, pre.img_shape, pre.scale_factor, exact))
+        tensor, meta = preprocess(parsed.input, read_bgr(r.path))
+        d = postprocess(parsed, flatten_levels(parsed, infer(tensor), meta), meta)
+        out.append((d.boxes, d.scores, d.labels))
     return out
 
 

@@ -8,7 +8,7 @@ option A), opset 17. The spec JSON (`src/spec.rs`) is stored in `metadata_props`
 `anchorkit.detector`.
 
 CLI (repo root):
-    PYTHONPATH=tools tools/.venv/bin/python -m anchorkit_train.export \
+    tools/.venv/bin/python -m tools.anchorkit_train.export \
         --ckpt tools/runs/atss/last.pt --out models/bccd_atss.onnx --name bccd_atss
 
 Fails (exit 1, no output file) if max |onnxruntime - torch| > --tol (1e-4) on any output of
@@ -30,7 +30,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from .data import BCCD_CLASSES, load_voc, preprocess, read_bgr
+from ..reference.preprocess import preprocess
+from ..reference.spec import parse_spec
+from .data import BCCD_CLASSES, load_voc, read_bgr
 from .evaluate import coco_eval, detect_all
 from .methods import ExportWrapper, ModelSize, TrainModel
 
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp_out = a.out.with_suffix(".unverified.onnx")
     export_onnx(model, tmp_out, spec)
     imgs = [r.path for r in test[: a.check_images]] + list(a.extra_image)
-    inputs = [preprocess(read_bgr(p), scale).tensor[None] for p in imgs]
+    parsed = parse_spec(spec, str(a.out))
+    inputs = [preprocess(parsed.input, read_bgr(p))[0] for p in imgs]
     diff = parity(model, tmp_out, inputs)
     sizes = sorted({x.shape[2:] for x in inputs})
     print(

@@ -176,7 +176,7 @@ def atss_loss(
     """ATSS losses (mmdet `ATSSHead.loss`, section 6.2): focal (alpha .25, gamma 2) / num_pos,
     GIoU (weight 2.0) on decoded boxes weighted by the centerness target / sum(targets),
     centerness BCE / num_pos. `cls_logits` `[B, N, C]`, `reg` `[B, N, 4]`, `ctr` `[B, N]`."""
-    bsz, n, c = cls_logits.shape
+    bsz = cls_logits.shape[0]
     cls_t = torch.zeros_like(cls_logits)
     pos_reg, pos_anchor, pos_gt, pos_ctr = [], [], [], []
     for b in range(bsz):

@@ -1,7 +1,7 @@
 """Train a compact detector on a VOC dataset (BCCD by default) on CPU.
 
 Example (from the repo root):
-    PYTHONPATH=tools nice -n 10 tools/.venv/bin/python -m anchorkit_train.train \
+    nice -n 10 tools/.venv/bin/python -m tools.anchorkit_train.train \
         --method atss --epochs 16 --out tools/runs/atss
 
 Writes `<out>/last.pt` (checkpoint after every epoch, atomic), `<out>/log.jsonl` (one JSON
@@ -36,7 +36,8 @@ log = logging.getLogger("anchorkit_train")
 def torch_infer(model: TrainModel) -> Any:
     """Callable `[1,3,H,W]` numpy -> outputs by ONNX name, using the torch model in eval mode."""
     wrap = ExportWrapper(model).eval()
-    names = sum(model.output_names(), [])
+    cls_n, reg_n, ctr_n = model.output_names()
+    names = cls_n + reg_n + ctr_n
 
     def infer(x: np.ndarray) -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = model.spec(classes, a.method, (a.scale[0], a.scale[1]), None)
             m = coco_eval(
                 val_recs,
-                detect_all(spec, torch_infer(model), val_recs, exact=False),
+                detect_all(spec, torch_infer(model), val_recs),
                 classes,
             )
             rec.update(

@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from anchorkit_train.anchors import box_iou
-from anchorkit_train.assigners import (
+from tools.anchorkit_train.anchors import box_iou
+from tools.anchorkit_train.assigners import (
     atss_assign,
     max_iou_assign,
     piou_assign,

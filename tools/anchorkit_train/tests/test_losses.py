@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from anchorkit_train.anchors import bbox2delta, box_iou, delta2bbox
-from anchorkit_train.losses import (
+from tools.anchorkit_train.anchors import bbox2delta, box_iou, delta2bbox
+from tools.anchorkit_train.losses import (
     centerness_target,
     freeanchor_loss,
     giou_loss,

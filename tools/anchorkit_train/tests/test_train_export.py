@@ -10,18 +10,19 @@ import onnx
 import pytest
 import torch
 
-from anchorkit_train.data import (
+from tools.anchorkit_train.data import (
     BCCD_CLASSES,
     AugConfig,
     TrainSet,
     load_voc,
-    preprocess,
     read_bgr,
 )
-from anchorkit_train.export import METADATA_KEY, export_onnx, parity
-from anchorkit_train.losses import compute_loss
-from anchorkit_train.methods import REGRESS_RANGES, ModelSize, TrainModel
-from anchorkit_train.train import train_step
+from tools.anchorkit_train.export import METADATA_KEY, export_onnx, parity
+from tools.anchorkit_train.losses import compute_loss
+from tools.anchorkit_train.methods import REGRESS_RANGES, ModelSize, TrainModel
+from tools.anchorkit_train.train import train_step
+from tools.reference.preprocess import preprocess
+from tools.reference.spec import parse_spec
 
 SMALL = ModelSize(widths=(8, 16, 16, 32, 32), feat=16, stacked=1)
 
@@ -87,7 +88,7 @@ def test_export_parity_and_spec(bccd: Path, tmp_path: Path, method: str) -> None
     path = tmp_path / "m.onnx"
     export_onnx(model, path, spec)
     recs = load_voc(bccd, "test")[:1]
-    x1 = preprocess(read_bgr(recs[0].path), (416, 312)).tensor[None]
+    x1, _ = preprocess(parse_spec(spec).input, read_bgr(recs[0].path))
     x2 = np.ascontiguousarray(x1[:, :, :224, :288])  # another H, W (dynamic axes)
     assert x1.shape[2:] == (320, 416)
     assert parity(model, path, [x1, x2]) <= 1e-4
