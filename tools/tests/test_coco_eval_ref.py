@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from coco_eval_ref import evaluate
+from tools.coco_eval_ref import evaluate
 
 
 def _write(p: Path, obj: object) -> str:
