@@ -1,10 +1,240 @@
-//! (being written)
+//! `anchorkit anchors`: re-optimize anchor shapes for a dataset and compare them with the
+//! default anchors under real assigners (library: `anchorkit::anchor_opt`).
 
+use anchorkit::anchor_opt::Layout;
+use anchorkit::anchor_opt::assign::GridConfig;
+use anchorkit::anchor_opt::report::table;
+use anchorkit::anchor_opt::run::{Assigner, Method, OptimizeOptions, evaluate, optimize};
+use anchorkit::dataset::{self, Format, InputBoxes, ReadOptions, Resize};
+use anchorkit::spec::ResizeRule;
+use anyhow::{Context, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+/// Resize rule names on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResizeArg {
+    /// mmdet keep-ratio (`--input-size` = long x short, default 1333x800), pad to 32.
+    KeepRatio,
+    /// Stretch to `--input-size` (default 640x640).
+    Stretch,
+    /// Keep ratio inside `--input-size` (default 640x640), pad centered.
+    Letterbox,
+    /// Keep original pixels.
+    None,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not available yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Annotations: COCO JSON, VOC directory, YOLO label directory, or a list file.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Annotation format (guessed from the path when omitted).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// VOC: use only ImageSets/Main/<SPLIT>.txt.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Original image size WxH for images whose size is unknown (list / YOLO).
+    #[arg(long, value_parser = parse_wh)]
+    pub orig_size: Option<(u32, u32)>,
+    /// Network input size WxH (keep-ratio: long x short).
+    #[arg(long, value_parser = parse_wh)]
+    pub input_size: Option<(u32, u32)>,
+    /// Resize rule mapping boxes into the input space.
+    #[arg(long, value_enum, default_value = "keep-ratio")]
+    pub resize: ResizeArg,
+    /// Optimization method.
+    #[arg(long, value_enum, default_value = "kmeans")]
+    pub method: Method,
+    /// Number of shapes (anchors per location in the fpn layout); default 9, 1 for --assigner atss.
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// fpn: the same k shapes (x stride) on every level; free: k pixel shapes split over levels.
+    #[arg(long, value_enum, default_value = "fpn")]
+    pub layout: Layout,
+    /// FPN strides.
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128")]
+    pub strides: Vec<u32>,
+    /// Assigner the report leads with; also picks the default anchors compared against.
+    #[arg(long, value_enum, default_value = "atss")]
+    pub assigner: Assigner,
+    /// Random seed (every randomized step derives from it).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// k-means restarts.
+    #[arg(long, default_value_t = 8)]
+    pub restarts: usize,
+    /// Generations / iterations of evolve, de, learned (0 = method default).
+    #[arg(long, default_value_t = 0)]
+    pub iterations: usize,
+    /// Write the log-w / log-h density plot with the anchors marked (PNG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a spec fragment `{"priors": ..., "strides": [...]}` for the optimized anchors.
+    #[arg(long)]
+    pub write_spec: Option<PathBuf>,
+    /// Hide progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_wh(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected WxH, got {s:?}"))?;
+    let w: u32 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in {s:?}"))?;
+    let h: u32 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in {s:?}"))?;
+    if w == 0 || h == 0 {
+        return Err(format!("zero size in {s:?}"));
+    }
+    Ok((w, h))
+}
+
+/// Write bytes atomically (temp file in the same directory + rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("{}: write failed", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    Ok(())
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.strides.is_empty() || a.strides.contains(&0) {
+        bail!("--strides must be positive integers");
+    }
+    let opts = ReadOptions {
+        split: a.split.clone(),
+        assume_size: a.orig_size,
+    };
+    let ds = dataset::load(&a.dataset, a.format, &opts)?;
+    let rule = match a.resize {
+        ResizeArg::KeepRatio => {
+            let (w, h) = a.input_size.unwrap_or((1333, 800));
+            Some(ResizeRule::KeepRatio { scale: [w, h] })
+        }
+        ResizeArg::Stretch => {
+            let (w, h) = a.input_size.unwrap_or((640, 640));
+            Some(ResizeRule::Stretch {
+                width: w,
+                height: h,
+            })
+        }
+        ResizeArg::Letterbox => {
+            let (w, h) = a.input_size.unwrap_or((640, 640));
+            Some(ResizeRule::Letterbox {
+                width: w,
+                height: h,
+                pad_value: 114.0,
+            })
+        }
+        ResizeArg::None => None,
+    };
+    let resize = Resize {
+        rule,
+        size_divisor: 32,
+    };
+    let (input, dropped_map) = InputBoxes::map(&ds, &resize);
+    println!(
+        "dataset: {} ({:?}): {} images, {} boxes kept, {} classes",
+        ds.source.display(),
+        ds.format,
+        ds.images.len(),
+        input.len(),
+        ds.classes.len()
+    );
+    let d = ds.dropped;
+    println!(
+        "dropped: {} degenerate (w or h <= 0), {} outside the image, {} crowd, {} difficult, {} degenerate after resize; {} clipped to the image",
+        d.degenerate, d.outside, d.crowd, d.difficult, dropped_map, d.clipped
+    );
+    for w in &ds.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "resize: {:?}, pad to 32; strides {:?}",
+        resize.rule, a.strides
+    );
+    let k =
+        a.k.unwrap_or(if a.assigner == Assigner::Atss { 1 } else { 9 });
+    let o = OptimizeOptions {
+        method: a.method,
+        k,
+        layout: a.layout,
+        strides: a.strides.clone(),
+        seed: a.seed,
+        restarts: a.restarts,
+        iterations: a.iterations,
+        progress: !a.quiet,
+    };
+    let opt = optimize(&input, &o)?;
+    println!(
+        "method {:?} (k = {k}, layout {:?}, seed {}): {} = {:.6} in {:.3} s",
+        opt.method, opt.layout, opt.seed, opt.objective.0, opt.objective.1, opt.seconds
+    );
+    let shapes: Vec<String> = opt
+        .shapes
+        .iter()
+        .map(|s| format!("({:.2}, {:.2})", s[0], s[1]))
+        .collect();
+    println!(
+        "shapes ({}): {}",
+        if a.layout == Layout::Fpn {
+            "x stride"
+        } else {
+            "pixels"
+        },
+        shapes.join(" ")
+    );
+    let cfg = GridConfig::default();
+    let def = evaluate(
+        &input,
+        "default",
+        &a.assigner.default_prior(),
+        &a.strides,
+        &cfg,
+    )?;
+    let best = evaluate(&input, "optimized", &opt.prior, &a.strides, &cfg)?;
+    println!();
+    print!("{}", table(&[&def, &best], a.assigner));
+    if let Some(p) = &a.write_spec {
+        let frag = serde_json::json!({ "priors": opt.prior, "strides": a.strides });
+        write_atomic(p, serde_json::to_string_pretty(&frag)?.as_bytes())?;
+        println!("wrote spec fragment {}", p.display());
+    }
+    if let Some(p) = &a.json {
+        let rep = serde_json::json!({
+            "dataset": {
+                "source": ds.source, "format": ds.format, "images": ds.images.len(),
+                "boxes": input.len(), "classes": ds.classes, "dropped": ds.dropped,
+                "dropped_after_resize": dropped_map, "warnings": ds.warnings,
+            },
+            "resize": format!("{:?}", resize.rule),
+            "strides": a.strides,
+            "assigner": a.assigner,
+            "optimized": opt,
+            "default_report": def,
+            "optimized_report": best,
+        });
+        write_atomic(p, serde_json::to_string_pretty(&rep)?.as_bytes())?;
+        println!("wrote report {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

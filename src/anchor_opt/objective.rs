@@ -1,0 +1,296 @@
+//! Shape-only objectives over all dataset boxes (boxes and anchors centred at the origin), the
+//! quantities the peers optimize (`reference/mmdet-inference.md` section 7):
+//!
+//! - centred IoU `min(w1,w2) min(h1,h2) / (w1 h1 + w2 h2 - min(w1,w2) min(h1,h2))` and the mean
+//!   over boxes of the best IoU over anchors (YOLOv2 / darknet, mmdet `optimize_anchors.py`);
+//! - the YOLOv5 shape-ratio metric `x = min(min(r, 1/r))` over w and h with `r = box / anchor`,
+//!   BPR = share of boxes with best `x > 1/anchor_t`, AAT = mean count of anchors with `x > thr`,
+//!   fitness = mean of `best * [best > thr]` (ultralytics/yolov5 `utils/autoanchor.py`);
+//! - Zlocha et al.'s objectives on the best IoU `m`: focal `mean(-(1-m)^2 ln m)`, avg `1 - mean m`,
+//!   ce `mean(-ln m)` (martinzlocha/anchor-optimization).
+//!
+//! In the [`Layout::Fpn`](super::Layout) layout a box is compared with `stride_l * shape` for every
+//! level `l`; IoU and the ratio metric are scale invariant, so this is the box scaled by
+//! `1 / stride_l` against the shape. The problem stores the boxes as f32 SoA and evaluates in
+//! parallel over fixed chunks (deterministic sums), skipping levels whose area bound
+//! `min(area) / max(area)` (an upper bound of IoU; its square root bounds the ratio metric)
+//! cannot beat the current best.
+
+use rayon::prelude::*;
+
+/// Boxes per rayon task; fixed so that sums do not depend on the thread count.
+pub const CHUNK: usize = 2048;
+
+/// Centred IoU of two `(w, h)` shapes.
+#[inline(always)]
+pub fn iou_wh(bw: f32, bh: f32, aw: f32, ah: f32) -> f32 {
+    let inter = bw.min(aw) * bh.min(ah);
+    inter / (bw * bh + aw * ah - inter)
+}
+
+/// YOLOv5 ratio metric `min(min(r, 1/r))` over w and h, `r = box / anchor`.
+#[inline(always)]
+pub fn ratio_wh(bw: f32, bh: f32, aw: f32, ah: f32) -> f32 {
+    let rw = bw / aw;
+    let rh = bh / ah;
+    rw.min(1.0 / rw).min(rh.min(1.0 / rh))
+}
+
+/// The boxes of a shape-optimization problem.
+#[derive(Debug, Clone)]
+pub struct ShapeProblem {
+    /// Box widths in input pixels.
+    pub w: Vec<f32>,
+    /// Box heights in input pixels.
+    pub h: Vec<f32>,
+    /// `1 / stride` per level (`[1.0]` for the free layout).
+    pub inv_strides: Vec<f32>,
+}
+
+/// Best match of one box.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Match {
+    /// Shape index.
+    pub shape: u32,
+    /// Level index.
+    pub level: u8,
+    /// Best value (IoU or ratio metric).
+    pub value: f32,
+}
+
+impl ShapeProblem {
+    /// A problem over `(w, h)` with one level per stride (`Fpn`), or a single unit level
+    /// (`strides = None`, the free layout).
+    pub fn new(w: Vec<f32>, h: Vec<f32>, strides: Option<&[u32]>) -> ShapeProblem {
+        let inv_strides = match strides {
+            Some(s) => s.iter().map(|&s| 1.0 / s as f32).collect(),
+            None => vec![1.0],
+        };
+        ShapeProblem { w, h, inv_strides }
+    }
+
+    /// Number of boxes.
+    pub fn len(&self) -> usize {
+        self.w.len()
+    }
+
+    /// Whether there are no boxes.
+    pub fn is_empty(&self) -> bool {
+        self.w.is_empty()
+    }
+
+    /// Keep only boxes with `keep(w, h)` true.
+    pub fn filtered(&self, keep: impl Fn(f32, f32) -> bool) -> ShapeProblem {
+        let (mut w, mut h) = (Vec::new(), Vec::new());
+        for i in 0..self.len() {
+            if keep(self.w[i], self.h[i]) {
+                w.push(self.w[i]);
+                h.push(self.h[i]);
+            }
+        }
+        ShapeProblem {
+            w,
+            h,
+            inv_strides: self.inv_strides.clone(),
+        }
+    }
+
+    /// Best match of box `i` over shapes and levels, for IoU (`ratio = false`) or the YOLOv5
+    /// ratio metric (`ratio = true`). `areas` are the shape areas, `amin`/`amax` their range.
+    #[inline]
+    fn best_one(&self, i: usize, shapes: &[[f32; 2]], rng: (f32, f32), ratio: bool) -> Match {
+        let (amin, amax) = rng;
+        let mut best = Match {
+            shape: 0,
+            level: 0,
+            value: -1.0,
+        };
+        let nl = self.inv_strides.len();
+        let mut bounds = [0f32; 8];
+        for (l, &inv) in self.inv_strides.iter().enumerate().take(8) {
+            let a = self.w[i] * inv * self.h[i] * inv;
+            let b = a.min(amax) / a.max(amin);
+            bounds[l] = if ratio { b.sqrt() } else { b };
+        }
+        let mut done = 0u32;
+        for _ in 0..nl.min(8) {
+            // next level by descending bound
+            let mut lb = usize::MAX;
+            let mut bv = -1.0f32;
+            for (l, &b) in bounds.iter().enumerate().take(nl.min(8)) {
+                if done & (1 << l) == 0 && b > bv {
+                    bv = b;
+                    lb = l;
+                }
+            }
+            if lb == usize::MAX || bv <= best.value {
+                break;
+            }
+            done |= 1 << lb;
+            let inv = self.inv_strides[lb];
+            let (bw, bh) = (self.w[i] * inv, self.h[i] * inv);
+            for (k, s) in shapes.iter().enumerate() {
+                let v = if ratio {
+                    ratio_wh(bw, bh, s[0], s[1])
+                } else {
+                    iou_wh(bw, bh, s[0], s[1])
+                };
+                if v > best.value {
+                    best = Match {
+                        shape: k as u32,
+                        level: lb as u8,
+                        value: v,
+                    };
+                }
+            }
+        }
+        best
+    }
+
+    fn area_range(shapes: &[[f32; 2]]) -> (f32, f32) {
+        shapes.iter().fold((f32::INFINITY, 0f32), |(lo, hi), s| {
+            let a = s[0] * s[1];
+            (lo.min(a), hi.max(a))
+        })
+    }
+
+    /// Best match of every box (IoU or ratio metric).
+    pub fn assign(&self, shapes: &[[f32; 2]], ratio: bool) -> Vec<Match> {
+        let rng = Self::area_range(shapes);
+        let mut out = vec![
+            Match {
+                shape: 0,
+                level: 0,
+                value: 0.0
+            };
+            self.len()
+        ];
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+            for (j, m) in o.iter_mut().enumerate() {
+                *m = self.best_one(c * CHUNK + j, shapes, rng, ratio);
+            }
+        });
+        out
+    }
+
+    /// Sum over boxes of `f(best value)` in f64, deterministic.
+    pub fn sum_best(&self, shapes: &[[f32; 2]], ratio: bool, f: impl Fn(f32) -> f64 + Sync) -> f64 {
+        let rng = Self::area_range(shapes);
+        let n = self.len();
+        let parts: Vec<f64> = (0..n.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let mut s = 0.0f64;
+                for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                    s += f(self.best_one(i, shapes, rng, ratio).value);
+                }
+                s
+            })
+            .collect();
+        parts.iter().sum()
+    }
+
+    /// Sum over boxes of `f(best value)`, single-threaded (for callers that parallelize over
+    /// candidates instead, e.g. differential evolution).
+    pub fn sum_best_seq(&self, shapes: &[[f32; 2]], ratio: bool, f: impl Fn(f32) -> f64) -> f64 {
+        let rng = Self::area_range(shapes);
+        let mut total = 0.0f64;
+        for c in 0..self.len().div_ceil(CHUNK) {
+            let mut s = 0.0f64;
+            for i in c * CHUNK..((c + 1) * CHUNK).min(self.len()) {
+                s += f(self.best_one(i, shapes, rng, ratio).value);
+            }
+            total += s;
+        }
+        total
+    }
+
+    /// Mean over boxes of the best centred IoU.
+    pub fn mean_best_iou(&self, shapes: &[[f32; 2]]) -> f64 {
+        self.sum_best(shapes, false, |v| v as f64) / self.len().max(1) as f64
+    }
+
+    /// All shape-only scores of an anchor set (every peer's objective), see [`ShapeScores`].
+    pub fn scores(&self, shapes: &[[f32; 2]], anchor_t: f32) -> ShapeScores {
+        let n = self.len().max(1) as f64;
+        let best = self.assign(shapes, false);
+        let mut mean_iou = 0.0;
+        let mut focal = 0.0;
+        let mut ce = 0.0;
+        let mut below = 0usize;
+        for m in &best {
+            let v = m.value.max(1e-12) as f64;
+            mean_iou += v;
+            focal += -(1.0 - v).powi(2) * v.ln();
+            ce += -v.ln();
+            if m.value < 0.5 {
+                below += 1;
+            }
+        }
+        let thr = 1.0 / anchor_t;
+        let (bpr, aat, fitness) = self.yolo_scores(shapes, thr);
+        ShapeScores {
+            mean_iou: mean_iou / n,
+            focal: focal / n,
+            ce: ce / n,
+            not_matched: below,
+            bpr,
+            aat,
+            fitness,
+        }
+    }
+
+    /// YOLOv5 `(BPR, AAT, fitness)` with threshold `thr = 1 / anchor_t`; AAT counts anchors
+    /// over all levels.
+    pub fn yolo_scores(&self, shapes: &[[f32; 2]], thr: f32) -> (f64, f64, f64) {
+        let n = self.len();
+        let parts: Vec<(f64, f64, f64)> = (0..n.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let (mut bpr, mut aat, mut fit) = (0.0, 0.0, 0.0);
+                for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                    let mut best = 0f32;
+                    let mut cnt = 0u32;
+                    for &inv in &self.inv_strides {
+                        let (bw, bh) = (self.w[i] * inv, self.h[i] * inv);
+                        for s in shapes {
+                            let x = ratio_wh(bw, bh, s[0], s[1]);
+                            best = best.max(x);
+                            cnt += (x > thr) as u32;
+                        }
+                    }
+                    if best > thr {
+                        bpr += 1.0;
+                        fit += best as f64;
+                    }
+                    aat += cnt as f64;
+                }
+                (bpr, aat, fit)
+            })
+            .collect();
+        let nf = n.max(1) as f64;
+        let (b, a, f) = parts
+            .iter()
+            .fold((0.0, 0.0, 0.0), |s, p| (s.0 + p.0, s.1 + p.1, s.2 + p.2));
+        (b / nf, a / nf, f / nf)
+    }
+}
+
+/// Every peer's shape-only objective for one anchor set.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ShapeScores {
+    /// Mean best centred IoU (darknet / mmdet k-means and DE; higher is better).
+    pub mean_iou: f64,
+    /// Zlocha focal objective `mean(-(1-m)^2 ln m)` (lower is better).
+    pub focal: f64,
+    /// Zlocha ce objective `mean(-ln m)` (lower is better).
+    pub ce: f64,
+    /// Boxes with best IoU < 0.5 (Zlocha "not matched").
+    pub not_matched: usize,
+    /// YOLOv5 best possible recall (share of boxes with best ratio metric > 1/anchor_t).
+    pub bpr: f64,
+    /// YOLOv5 anchors above threshold per box.
+    pub aat: f64,
+    /// YOLOv5 fitness `mean(best * [best > thr])` (higher is better).
+    pub fitness: f64,
+}

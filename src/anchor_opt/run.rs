@@ -1,0 +1,215 @@
+//! The `anchors` job as a library call: optimize shapes with the chosen method on the mapped
+//! boxes, then evaluate the default and the optimized anchor sets side by side (shape-only
+//! scores of every peer objective plus the assigner statistics on real FPN grids).
+
+use super::anchors::{AnchorSet, Layout, atss_default, retinanet_default};
+use super::assign::{GridConfig, GridSummary, eval_all};
+use super::kmeans::{KmeansConfig, kmeans};
+use super::objective::{ShapeProblem, ShapeScores};
+use crate::dataset::InputBoxes;
+use crate::error::{Error, Result};
+use crate::spec::PriorSpec;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Optimization method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// IoU k-means (k-means++, restarts, IoU-ascent polish).
+    Kmeans,
+    /// YOLOv5: whitened k-means + genetic evolution of the ratio fitness.
+    Evolve,
+    /// Differential evolution over RetinaNet ratios x scales (A unchanged).
+    De,
+    /// Gradient-based learned anchors (Zhong et al.).
+    Learned,
+}
+
+/// Which assigner the report leads with (and which default anchors it compares against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Assigner {
+    /// ATSS (default anchors: one 8*stride square).
+    Atss,
+    /// RetinaNet max-IoU 0.5/0.4 (default anchors: RetinaNet 9).
+    MaxIou,
+    /// FreeAnchor bags (default anchors: RetinaNet 9).
+    Freeanchor,
+    /// Pseudo-IoU point head (default anchors: RetinaNet 9; points are shape independent).
+    PseudoIou,
+}
+
+impl Assigner {
+    /// The anchors mmdet's reference config uses with this assigner.
+    pub fn default_prior(self) -> PriorSpec {
+        match self {
+            Assigner::Atss => atss_default(),
+            _ => retinanet_default(),
+        }
+    }
+}
+
+/// Options of [`optimize`].
+#[derive(Debug, Clone)]
+pub struct OptimizeOptions {
+    pub method: Method,
+    /// Number of shapes (A in the fpn layout).
+    pub k: usize,
+    pub layout: Layout,
+    pub strides: Vec<u32>,
+    pub seed: u64,
+    /// k-means restarts.
+    pub restarts: usize,
+    /// Generations (evolve) / max generations (de) / iterations (learned); 0 = method default.
+    pub iterations: usize,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// An optimized anchor set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Optimized {
+    pub method: Method,
+    pub layout: Layout,
+    pub seed: u64,
+    /// Shapes in layout units (multiples of the stride for `fpn`, pixels for `free`).
+    pub shapes: Vec<[f64; 2]>,
+    /// The spec priors (explicit per-level shapes, or the mmdet ratios/scales for `de`).
+    pub prior: PriorSpec,
+    /// Name and value of the method's own objective.
+    pub objective: (String, f64),
+    /// Wall time of the optimization in seconds.
+    pub seconds: f64,
+    /// Method-specific details (iterations, restarts, ...).
+    pub details: serde_json::Value,
+}
+
+/// Shape problem of the mapped boxes for a layout.
+pub fn problem(input: &InputBoxes, layout: Layout, strides: &[u32]) -> ShapeProblem {
+    let (w, h) = input.wh();
+    match layout {
+        Layout::Fpn => ShapeProblem::new(w, h, Some(strides)),
+        Layout::Free => ShapeProblem::new(w, h, None),
+    }
+}
+
+/// Priors of explicit shapes in a layout (center offset 0.5 = mmdet `YOLOAnchorGenerator`, the
+/// only mmdet generator that takes explicit per-level shapes).
+pub fn explicit_prior(shapes: &[[f64; 2]], layout: Layout, strides: &[u32]) -> Result<PriorSpec> {
+    Ok(PriorSpec::ExplicitAnchors {
+        per_level: AnchorSet::layout_shapes(shapes, layout, strides)?,
+        center_offset: 0.5,
+    })
+}
+
+/// Run the chosen optimizer.
+///
+/// Errors: [`Error::InvalidInput`] when there are no boxes, k is 0, or the layout cannot hold k.
+pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
+    if input.is_empty() {
+        return Err(Error::InvalidInput("the dataset has no boxes".into()));
+    }
+    if o.k == 0 {
+        return Err(Error::InvalidInput("--k must be at least 1".into()));
+    }
+    if o.layout == Layout::Free {
+        // fail early, before spending time
+        AnchorSet::layout_shapes(&vec![[1.0, 1.0]; o.k], o.layout, &o.strides)?;
+    }
+    let p = problem(input, o.layout, &o.strides);
+    let t = Instant::now();
+    match o.method {
+        Method::Kmeans => {
+            let cfg = KmeansConfig {
+                k: o.k,
+                restarts: o.restarts,
+                seed: o.seed,
+                ..KmeansConfig::default()
+            };
+            let r = kmeans(&p, &cfg);
+            let secs = t.elapsed().as_secs_f64();
+            let shapes: Vec<[f64; 2]> = r
+                .shapes
+                .iter()
+                .map(|s| [s[0] as f64, s[1] as f64])
+                .collect();
+            Ok(Optimized {
+                method: o.method,
+                layout: o.layout,
+                seed: o.seed,
+                prior: explicit_prior(&shapes, o.layout, &o.strides)?,
+                shapes,
+                objective: ("mean_best_iou".into(), r.mean_iou),
+                seconds: secs,
+                details: serde_json::json!({
+                    "restarts": r.restarts,
+                    "lloyd_iterations": r.iterations,
+                    "mean_iou_before_polish": r.mean_iou_lloyd,
+                }),
+            })
+        }
+        m => Err(Error::InvalidInput(format!(
+            "method {m:?} is not available yet"
+        ))),
+    }
+}
+
+/// Everything measured for one anchor set.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetReport {
+    pub name: String,
+    pub prior: PriorSpec,
+    pub strides: Vec<u32>,
+    /// Anchors per location.
+    pub num_anchors: usize,
+    /// Shape-only scores against all anchors of all levels (absolute sizes).
+    pub shape: ShapeScores,
+    /// Grid statistics over all gts.
+    pub grid: GridSummary,
+    /// Grid statistics per class (class name, summary).
+    pub per_class: Vec<(String, GridSummary)>,
+}
+
+/// Evaluate an anchor set on the mapped dataset.
+///
+/// Errors: [`Error::InvalidInput`] for priors that do not fit the strides.
+pub fn evaluate(
+    input: &InputBoxes,
+    name: &str,
+    prior: &PriorSpec,
+    strides: &[u32],
+    cfg: &GridConfig,
+) -> Result<SetReport> {
+    let set = AnchorSet::from_spec(prior, strides)?;
+    let mut all: Vec<[f32; 2]> = Vec::new();
+    for l in 0..strides.len() {
+        all.extend(set.shapes(l));
+    }
+    let (w, h) = input.wh();
+    let shape = ShapeProblem::new(w, h, None).scores(&all, 4.0);
+    let res = eval_all(&input.images, &set, cfg);
+    let grid = GridSummary::of(&res);
+    let per_class = input
+        .classes
+        .iter()
+        .enumerate()
+        .filter_map(|(c, n)| {
+            let r: Vec<_> = res
+                .iter()
+                .filter(|g| g.class_id as usize == c)
+                .copied()
+                .collect();
+            (!r.is_empty()).then(|| (n.clone(), GridSummary::of(&r)))
+        })
+        .collect();
+    Ok(SetReport {
+        name: name.to_string(),
+        prior: prior.clone(),
+        strides: strides.to_vec(),
+        num_anchors: set.num_anchors(),
+        shape,
+        grid,
+        per_class,
+    })
+}
