@@ -1,1 +1,570 @@
-//! (being written)
+//! Latency harness for `anchorkit bench`: per-stage latency histograms (HDR, nanosecond
+//! resolution), the report (human table + JSON), comparison against an earlier report,
+//! execution-provider verification from ONNX Runtime's profile, bare `Session::run` throughput,
+//! and TensorRT profile shapes derived from the spec's resize rule.
+//!
+//! Stages, as in trtexec / onnxruntime_perf_test style reports but split the way a detector
+//! pipeline is: `decode` (JPEG/PNG bytes in memory -> RGB8), `preprocess` (resize, normalize,
+//! pad into the NCHW buffer), `inference` (`Session::run` plus copying the head outputs out),
+//! `postprocess` (score scan, top-k, decode, NMS), `end_to_end` (wall time of the four for one
+//! image). One-time costs (library load, session creation, first iteration, which includes a
+//! TensorRT engine build) are reported apart and never mixed into the percentiles.
+
+use crate::error::{Error, Result};
+use crate::spec::{DetectorSpec, ResizeRule};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Stage names in report order.
+pub const STAGES: [&str; 5] = [
+    "decode",
+    "preprocess",
+    "inference",
+    "postprocess",
+    "end_to_end",
+];
+
+/// A latency recorder: an HDR histogram in nanoseconds (3 significant digits, 1 ns .. 1 h).
+pub struct Recorder {
+    h: Histogram<u64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Recorder {
+            h: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"),
+        }
+    }
+
+    /// Records one duration (saturating at the histogram's 1 h bound).
+    pub fn record(&mut self, d: std::time::Duration) {
+        let ns = (d.as_nanos().min(u128::from(u64::MAX)) as u64).clamp(1, self.h.high());
+        self.h.saturating_record(ns);
+    }
+
+    /// Adds all samples of `other`.
+    pub fn merge(&mut self, other: &Recorder) {
+        let _ = self.h.add(&other.h);
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> u64 {
+        self.h.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.h.is_empty()
+    }
+
+    /// Summary in milliseconds (HDR percentiles: the value at or below which the given share
+    /// of samples falls, at 3 significant digits).
+    pub fn stats(&self) -> StageStats {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        StageStats {
+            count: self.h.len(),
+            mean_ms: self.h.mean() / 1e6,
+            p50_ms: ms(self.h.value_at_quantile(0.50)),
+            p90_ms: ms(self.h.value_at_quantile(0.90)),
+            p99_ms: ms(self.h.value_at_quantile(0.99)),
+            p999_ms: ms(self.h.value_at_quantile(0.999)),
+            max_ms: ms(self.h.max()),
+        }
+    }
+}
+
+/// Latency summary of one stage, milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StageStats {
+    /// Number of samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+}
+
+/// Share of node time per execution provider, read from ONNX Runtime's profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpShare {
+    /// Provider name (e.g. `CPUExecutionProvider`).
+    pub provider: String,
+    /// Number of node kernel executions.
+    pub nodes: u64,
+    /// Summed kernel time, microseconds.
+    pub time_us: u64,
+    /// Share of total node time, 0..1.
+    pub share: f64,
+}
+
+/// Bare `Session::run` measurement: the same session options and input shape, a fixed tensor,
+/// no decode / preprocess / postprocess / output copies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BareRun {
+    /// Images per run (`--batch`).
+    pub batch: usize,
+    /// Latency per run.
+    pub latency: StageStats,
+    /// Images per second.
+    pub throughput_ips: f64,
+}
+
+/// The JSON report of `anchorkit bench` (and of `tools/bench_baseline.py`, which writes the
+/// same layout so either can be the `--baseline`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Producer and versions.
+    pub tool: String,
+    /// Model file.
+    pub model: String,
+    /// Image directory or `synthetic WxH`.
+    pub source: String,
+    /// Execution provider requested.
+    pub ep: String,
+    /// ONNX Runtime intra-op threads (0 = ORT default).
+    pub threads: usize,
+    /// Images per `Session::run` in the bare measurement.
+    pub batch: usize,
+    /// `sequential` or `pipeline`.
+    pub mode: String,
+    /// Warm-up iterations (not measured).
+    pub warmup: usize,
+    /// Measured iterations.
+    pub iters: usize,
+    /// One-time costs, milliseconds (`library_load_ms`, `session_create_ms`,
+    /// `first_iteration_ms`).
+    pub one_time: BTreeMap<String, f64>,
+    /// Per-stage latency.
+    pub stages: BTreeMap<String, StageStats>,
+    /// Images per second over the measured iterations (wall clock).
+    pub throughput_ips: f64,
+    /// Mean number of detections per image.
+    #[serde(default)]
+    pub detections_per_image: f64,
+    /// Bare `Session::run` throughput, for the pipeline efficiency figure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bare_run: Option<BareRun>,
+    /// Node time per provider from the profile (empty if not verified).
+    #[serde(default)]
+    pub ep_check: Vec<EpShare>,
+    /// Machine description.
+    #[serde(default)]
+    pub machine: BTreeMap<String, serde_json::Value>,
+}
+
+impl BenchReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "model {}  |  {}  |  ep {}  threads {}  |  {} mode, {} warm-up + {} measured\n",
+            self.model, self.source, self.ep, self.threads, self.mode, self.warmup, self.iters
+        );
+        let once: Vec<String> = self
+            .one_time
+            .iter()
+            .map(|(k, v)| format!("{} {v:.1} ms", k.trim_end_matches("_ms")))
+            .collect();
+        s.push_str(&format!("one-time: {}\n", once.join(", ")));
+        s.push_str(&format!(
+            "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "stage", "mean ms", "p50", "p90", "p99", "p99.9", "max"
+        ));
+        for st in STAGES {
+            if let Some(v) = self.stages.get(st) {
+                s.push_str(&format!(
+                    "{st:<12} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}\n",
+                    v.mean_ms, v.p50_ms, v.p90_ms, v.p99_ms, v.p999_ms, v.max_ms
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "throughput {:.2} images/s, {:.1} detections/image\n",
+            self.throughput_ips, self.detections_per_image
+        ));
+        if let Some(b) = &self.bare_run {
+            s.push_str(&format!(
+                "bare Session::run (batch {}): p50 {:.3} ms, {:.2} images/s; {} throughput = {:.1}% of it\n",
+                b.batch,
+                b.latency.p50_ms,
+                b.throughput_ips,
+                self.mode,
+                100.0 * self.throughput_ips / b.throughput_ips.max(f64::MIN_POSITIVE)
+            ));
+        }
+        if !self.ep_check.is_empty() {
+            let parts: Vec<String> = self
+                .ep_check
+                .iter()
+                .map(|e| format!("{} {:.1}% ({} nodes)", e.provider, 100.0 * e.share, e.nodes))
+                .collect();
+            s.push_str(&format!("node time by provider: {}\n", parts.join(", ")));
+        }
+        s
+    }
+
+    /// Ratios against an earlier report, per stage and percentile (`baseline / this`: above 1
+    /// means this run is faster) and throughput (`this / baseline`).
+    pub fn compare(&self, base: &BenchReport) -> String {
+        let mut s = format!(
+            "vs baseline {} ({}): ratio = baseline / this (>1: this is faster)\n",
+            base.tool, base.model
+        );
+        s.push_str(&format!(
+            "{:<12} {:>9} {:>9} {:>9} {:>9}\n",
+            "stage", "mean", "p50", "p90", "p99"
+        ));
+        let r = |b: f64, t: f64| if t > 0.0 { b / t } else { f64::NAN };
+        for st in STAGES {
+            if let (Some(t), Some(b)) = (self.stages.get(st), base.stages.get(st)) {
+                s.push_str(&format!(
+                    "{st:<12} {:>8.2}x {:>8.2}x {:>8.2}x {:>8.2}x\n",
+                    r(b.mean_ms, t.mean_ms),
+                    r(b.p50_ms, t.p50_ms),
+                    r(b.p90_ms, t.p90_ms),
+                    r(b.p99_ms, t.p99_ms)
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "throughput   {:>8.2}x ({:.2} vs {:.2} images/s)\n",
+            r(self.throughput_ips, base.throughput_ips),
+            self.throughput_ips,
+            base.throughput_ips
+        ));
+        s
+    }
+}
+
+/// Reads a report written by `anchorkit bench --json` or `tools/bench_baseline.py --json`.
+///
+/// Errors: [`Error::Io`], or [`Error::Dataset`] naming the file if it is not such a report.
+pub fn read_report(path: &Path) -> Result<BenchReport> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Dataset {
+        path: path.to_path_buf(),
+        line: Some(e.line()),
+        msg: format!("not a bench report: {e}"),
+    })
+}
+
+/// Sums kernel time per provider over the `cat == "Node"` events whose name ends in
+/// `_kernel_time` in an ONNX Runtime profile (Chrome trace JSON written by `end_profiling`);
+/// shares sorted by time, largest first.
+///
+/// Errors: [`Error::Io`], or [`Error::Runtime`] if the file is not a profile or has no node
+/// events.
+pub fn parse_profile(path: &Path) -> Result<Vec<EpShare>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Runtime(format!("{}: not a profile: {e}", path.display())))?;
+    let events = v
+        .as_array()
+        .ok_or_else(|| Error::Runtime(format!("{}: profile is not an array", path.display())))?;
+    let mut acc: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for e in events {
+        if e.get("cat").and_then(|c| c.as_str()) != Some("Node") {
+            continue;
+        }
+        let name = e.get("name").and_then(|n| n.as_str()).unwrap_or("");
+        if !name.ends_with("_kernel_time") {
+            continue;
+        }
+        let Some(p) = e
+            .get("args")
+            .and_then(|a| a.get("provider"))
+            .and_then(|p| p.as_str())
+        else {
+            continue;
+        };
+        let dur = e.get("dur").and_then(|d| d.as_u64()).unwrap_or(0);
+        let entry = acc.entry(p.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += dur;
+    }
+    if acc.is_empty() {
+        return Err(Error::Runtime(format!(
+            "{}: the profile has no node events",
+            path.display()
+        )));
+    }
+    let total: u64 = acc.values().map(|v| v.1).sum();
+    let mut out: Vec<EpShare> = acc
+        .into_iter()
+        .map(|(provider, (nodes, time_us))| EpShare {
+            provider,
+            nodes,
+            time_us,
+            share: if total > 0 {
+                time_us as f64 / total as f64
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    out.sort_by(|a, b| b.time_us.cmp(&a.time_us).then(a.provider.cmp(&b.provider)));
+    Ok(out)
+}
+
+/// Checks that the requested provider ran the nodes: with `strict`, any node on
+/// `CPUExecutionProvider` when a GPU provider was requested is an error; otherwise a CPU share
+/// above zero is only reported by the caller.
+///
+/// Errors: [`Error::ExecutionProvider`] naming the share that fell back.
+pub fn check_ep(requested: &str, shares: &[EpShare], strict: bool) -> Result<()> {
+    if requested == "CPUExecutionProvider" || !strict {
+        return Ok(());
+    }
+    if let Some(cpu) = shares
+        .iter()
+        .find(|s| s.provider == "CPUExecutionProvider" && s.nodes > 0)
+    {
+        return Err(Error::ExecutionProvider {
+            ep: requested.to_string(),
+            msg: format!(
+                "{} node executions ({:.1}% of node time) ran on CPUExecutionProvider \
+                 (--strict-ep)",
+                cpu.nodes,
+                100.0 * cpu.share
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// TensorRT optimization profile `[min, opt, max]` for the spec's input, derived from its
+/// resize rule (batch 1 .. `batch`): fixed-size rules (stretch, letterbox) give one shape;
+/// keep-ratio to `(long, short)` with pad divisor d covers every aspect ratio, from
+/// `d x d` up to `L x L` where `L = ceil(long / d) * d`, optimal at the landscape
+/// `ceil(short / d) * d x L` (e.g. 800x1344 for mmdet's (1333, 800)).
+pub fn trt_profile_shapes(spec: &DetectorSpec, batch: usize) -> [String; 3] {
+    let d = spec.input.pad.size_divisor.max(1);
+    let up = |v: u32| v.div_ceil(d) * d;
+    let name = &spec.input.name;
+    let b = batch.max(1);
+    let shape = |n: usize, h: u32, w: u32| format!("{name}:{n}x3x{h}x{w}");
+    match &spec.input.resize {
+        ResizeRule::Stretch { width, height } | ResizeRule::Letterbox { width, height, .. } => {
+            let (h, w) = (up(*height), up(*width));
+            [shape(1, h, w), shape(b, h, w), shape(b, h, w)]
+        }
+        ResizeRule::KeepRatio { scale } => {
+            let long = scale[0].max(scale[1]);
+            let short = scale[0].min(scale[1]);
+            let l = up(long);
+            [shape(1, d, d), shape(b, up(short), l), shape(b, l, l)]
+        }
+    }
+}
+
+/// A fixed synthetic RGB image of `w x h` (horizontal red ramp, vertical green ramp, 32-px
+/// blue checkerboard); `tools/bench_baseline.py` draws the same one.
+pub fn synthetic_image(w: u32, h: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let r = (x as u64 * 255 / (w.max(2) - 1) as u64) as u8;
+        let g = (y as u64 * 255 / (h.max(2) - 1) as u64) as u8;
+        let b = (((x / 32 + y / 32) % 2) * 200 + 25) as u8;
+        image::Rgb([r, g, b])
+    })
+}
+
+/// JPEG-encodes an image (quality 90) in memory, so the decode stage has real work.
+///
+/// Errors: [`Error::Image`] if encoding fails.
+pub fn encode_jpeg(img: &image::RgbImage) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90);
+    enc.encode_image(img).map_err(|e| Error::Image {
+        path: "synthetic.jpg".into(),
+        msg: e.to_string(),
+    })?;
+    Ok(out)
+}
+
+/// Parses `WxH` (e.g. `640x480`). Errors: [`Error::InvalidInput`].
+pub fn parse_wxh(s: &str) -> Result<(u32, u32)> {
+    let bad = || Error::InvalidInput(format!("{s:?} is not WIDTHxHEIGHT (e.g. 640x480)"));
+    let lower = s.to_ascii_lowercase();
+    let (w, h) = lower.split_once('x').ok_or_else(bad)?;
+    let w: u32 = w.trim().parse().map_err(|_| bad())?;
+    let h: u32 = h.trim().parse().map_err(|_| bad())?;
+    if w == 0 || h == 0 || w > 16384 || h > 16384 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+/// How many iterations to run: `warmup` unmeasured ones, then `iters`, or as many as fit in
+/// `duration` when given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// Unmeasured iterations first.
+    pub warmup: usize,
+    /// Measured iterations (ignored when `duration` is set).
+    pub iters: usize,
+    /// Measure for this long instead of a count.
+    pub duration: Option<std::time::Duration>,
+}
+
+impl Plan {
+    /// Whether measuring is finished after `n` measured iterations started at `start`.
+    pub fn done(&self, n: usize, start: std::time::Instant) -> bool {
+        match self.duration {
+            Some(d) => n > 0 && start.elapsed() >= d,
+            None => n >= self.iters.max(1),
+        }
+    }
+}
+
+/// Measures bare `Session::run` on a fixed input: `tensor` is one image `[1, 3, h, w]`,
+/// repeated `batch` times along N, run per `plan`.
+///
+/// Errors: [`Error::Runtime`] from ONNX Runtime (e.g. a graph with a fixed batch of 1 and
+/// `batch > 1`).
+pub fn bare_run(
+    session: &mut ort::session::Session,
+    input_name: &str,
+    tensor: &[f32],
+    hw: (usize, usize),
+    batch: usize,
+    plan: Plan,
+) -> Result<BareRun> {
+    let b = batch.max(1);
+    let data: Vec<f32> = if b == 1 {
+        tensor.to_vec()
+    } else {
+        let mut v = Vec::with_capacity(tensor.len() * b);
+        for _ in 0..b {
+            v.extend_from_slice(tensor);
+        }
+        v
+    };
+    let shape = [b, 3, hw.0, hw.1];
+    let run = |session: &mut ort::session::Session| -> Result<()> {
+        let t = ort::value::TensorRef::from_array_view((shape, data.as_slice()))
+            .map_err(|e| Error::Runtime(format!("input {shape:?}: {e}")))?;
+        session
+            .run(ort::inputs![input_name => t])
+            .map_err(|e| Error::Runtime(format!("bare run with input {shape:?}: {e}")))?;
+        Ok(())
+    };
+    for _ in 0..plan.warmup {
+        run(session)?;
+    }
+    let mut rec = Recorder::new();
+    let start = std::time::Instant::now();
+    let mut n = 0usize;
+    while !plan.done(n, start) {
+        let t = std::time::Instant::now();
+        run(session)?;
+        rec.record(t.elapsed());
+        n += 1;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok(BareRun {
+        batch: b,
+        latency: rec.stats(),
+        throughput_ips: (n * b) as f64 / wall,
+    })
+}
+
+/// Runs `runs` inferences on a separate session built with ONNX Runtime profiling on (same
+/// options otherwise) and returns node time per provider from the profile, which shows where
+/// the nodes really ran (ort has no `get_providers()`; see `runtime-and-ecosystem.md` 2.6).
+///
+/// Errors: session creation / run errors, or a profile without node events.
+pub fn profile_providers(
+    model: &Path,
+    opts: &crate::runtime::RuntimeOptions,
+    input_name: &str,
+    tensor: &[f32],
+    hw: (usize, usize),
+    runs: usize,
+) -> Result<Vec<EpShare>> {
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let mut o = opts.clone();
+    o.profile_prefix = Some(dir.path().join("anchorkit_profile"));
+    let (mut session, _) = crate::runtime::session(model, &o)?;
+    let plan = Plan {
+        warmup: 0,
+        iters: runs.max(1),
+        duration: None,
+    };
+    bare_run(&mut session, input_name, tensor, hw, 1, plan)?;
+    let file = session
+        .end_profiling()
+        .map_err(|e| Error::Runtime(format!("end_profiling: {e}")))?;
+    let p = Path::new(&file);
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        // ORT writes relative to the process's working directory.
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let shares = parse_profile(&p);
+    let _ = std::fs::remove_file(&p);
+    shares
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorder_percentiles() {
+        let mut r = Recorder::new();
+        for i in 1..=1000u64 {
+            r.record(std::time::Duration::from_micros(i));
+        }
+        let s = r.stats();
+        assert_eq!(s.count, 1000);
+        assert!((s.p50_ms - 0.5).abs() < 0.001, "{s:?}");
+        assert!((s.p99_ms - 0.99).abs() < 0.001, "{s:?}");
+        assert!((s.max_ms - 1.0).abs() < 0.001, "{s:?}");
+        assert!((s.mean_ms - 0.5005).abs() < 0.001, "{s:?}");
+    }
+
+    #[test]
+    fn profile_parsing_counts_kernel_time_per_provider() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("prof.json");
+        std::fs::write(
+            &p,
+            r#"[{"cat":"Session","name":"model_run","dur":500},
+                {"cat":"Node","name":"conv_kernel_time","dur":300,"args":{"provider":"CUDAExecutionProvider"}},
+                {"cat":"Node","name":"conv_fence_before","dur":5,"args":{"provider":"CUDAExecutionProvider"}},
+                {"cat":"Node","name":"nms_kernel_time","dur":100,"args":{"provider":"CPUExecutionProvider"}}]"#,
+        )
+        .unwrap();
+        let s = parse_profile(&p).unwrap();
+        assert_eq!(s[0].provider, "CUDAExecutionProvider");
+        assert_eq!(s[0].nodes, 1);
+        assert!((s[0].share - 0.75).abs() < 1e-12);
+        let e = check_ep("CUDAExecutionProvider", &s, true).unwrap_err();
+        assert!(e.to_string().contains("CPUExecutionProvider"), "{e}");
+        assert!(check_ep("CUDAExecutionProvider", &s, false).is_ok());
+    }
+
+    #[test]
+    fn wxh_parsing() {
+        assert_eq!(parse_wxh("640x480").unwrap(), (640, 480));
+        assert!(parse_wxh("640").is_err());
+        assert!(parse_wxh("0x5").is_err());
+    }
+}

@@ -65,6 +65,16 @@ pub struct RuntimeOptions {
     pub device_id: i32,
     /// TensorRT engine and timing cache directory (default: `<cache dir>/anchorkit/trt`).
     pub trt_cache: Option<PathBuf>,
+    /// TensorRT: build FP16 engines (`trt_fp16_enable`).
+    pub trt_fp16: bool,
+    /// TensorRT optimization profile `[min, opt, max]`, each like `"input:1x3x320x320"`
+    /// (`trt_profile_{min,opt,max}_shapes`); without it TensorRT rebuilds the engine whenever
+    /// a new input shape falls outside the range seen so far.
+    pub trt_profile: Option<[String; 3]>,
+    /// Write ONNX Runtime's profile (Chrome trace JSON, one event per node run with its
+    /// provider) under this path prefix (`SessionOptions::EnableProfiling`); finish it with
+    /// `Session::end_profiling`, which returns the file name.
+    pub profile_prefix: Option<PathBuf>,
 }
 
 impl Default for RuntimeOptions {
@@ -75,6 +85,9 @@ impl Default for RuntimeOptions {
             threads: 0,
             device_id: 0,
             trt_cache: None,
+            trt_fp16: false,
+            trt_profile: None,
+            profile_prefix: None,
         }
     }
 }
@@ -212,7 +225,15 @@ impl Runtime {
                     .trt_cache
                     .clone()
                     .or_else(|| dirs::cache_dir().map(|d| d.join("anchorkit").join("trt")));
-                let mut trt = ort::ep::TensorRT::default().with_device_id(opts.device_id);
+                let mut trt = ort::ep::TensorRT::default()
+                    .with_device_id(opts.device_id)
+                    .with_fp16(opts.trt_fp16);
+                if let Some([min, opt, max]) = &opts.trt_profile {
+                    trt = trt
+                        .with_profile_min_shapes(min)
+                        .with_profile_opt_shapes(opt)
+                        .with_profile_max_shapes(max);
+                }
                 if let Some(c) = cache {
                     let _ = std::fs::create_dir_all(&c);
                     let c = c.display().to_string();
@@ -235,6 +256,9 @@ impl Runtime {
         }
         if opts.threads > 0 {
             b = b.with_intra_threads(opts.threads).map_err(rt_err)?;
+        }
+        if let Some(p) = &opts.profile_prefix {
+            b = b.with_profiling(p).map_err(rt_err)?;
         }
         b = b
             .with_inter_threads(1)
