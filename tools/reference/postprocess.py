@@ -2,7 +2,7 @@
 
 - `mmdet` (mmdet >= 2.18 and 3.x, `BaseDenseHead._predict_by_feat_single` +
   `filter_scores_and_topk` + `_bbox_post_process`): pair-wise strict `score > score_thr`, per
-  level top `nms_pre` pairs (stable: ties by ascending flat index `row*C + c`), decode clamped
+  level top `nms_pre` pairs (0 = no limit; stable: ties by ascending flat index `row*C + c`), decode clamped
   to the resized image, rescale (divide by the f32 scale factors, v2) **before** NMS, multiply
   the sigmoid centerness, optional v3 `min_bbox_size` filter, mmcv `batched_nms`, `max_per_img`.
 - `mmdeploy` (end2end.onnx, `base_dense_head__predict_by_feat`): per level top `nms_pre`
@@ -211,7 +211,8 @@ def postprocess_mmdet(
         flat = _scores(spec, lv.cls).reshape(-1)
         valid = np.nonzero(flat > thr)[0]
         vs = flat[valid]
-        order = stable_desc_order(vs)[: min(pp.nms_pre, valid.size)]
+        k = valid.size if pp.nms_pre == 0 else min(pp.nms_pre, valid.size)
+        order = stable_desc_order(vs)[:k]
         idx = valid[order]
         rows, labels = idx // c, idx % c
         boxes = _decode_resized(spec, li, lv, rows, meta)
