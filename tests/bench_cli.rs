@@ -69,9 +69,9 @@ fn gpu_providers_fail_fast_without_a_gpu() {
             ..RuntimeOptions::default()
         };
         let t = std::time::Instant::now();
-        let e = runtime::session(&model, &opts)
-            .err()
-            .expect("must not run on CPU");
+        let Err(e) = runtime::session(&model, &opts) else {
+            panic!("{ep}: a session was created; it must not run on CPU");
+        };
         let msg = e.to_string();
         assert!(msg.contains(ep.ort_name()), "{msg}");
         assert!(msg.contains("Not falling back to CPU"), "{msg}");
