@@ -1,0 +1,234 @@
+//! Box coders (decode only; all arithmetic f32, one rounding per elementwise op, no FMA).
+//!
+//! Sources: mmdet v2 `mmdet/core/bbox/coder/delta_xywh_bbox_coder.py` (`delta2bbox`),
+//! `mmdet/core/bbox/transforms.py` (`distance2bbox`), `mmdet/models/dense_heads/gfl_head.py`
+//! (`Integral`), NanoDet `nanodet/model/head/gfl_head.py` (`distribution_project`);
+//! `reference/mmdet-inference.md` section 3.
+
+/// Constants of mmdet `DeltaXYWHBBoxCoder` in the f32 form torch uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeltaParams {
+    pub means: [f32; 4],
+    pub stds: [f32; 4],
+    /// `|ln(wh_ratio_clip)|` computed in f64 and cast to f32 (4.1351666 for 16/1000).
+    pub max_ratio: f32,
+}
+
+impl DeltaParams {
+    /// From the spec values (f64 means/stds as `deltas.new_tensor(...)` casts them).
+    pub fn new(means: [f64; 4], stds: [f64; 4], wh_ratio_clip: f64) -> Self {
+        DeltaParams {
+            means: means.map(|v| v as f32),
+            stds: stds.map(|v| v as f32),
+            max_ratio: wh_ratio_clip.ln().abs() as f32,
+        }
+    }
+}
+
+/// mmdet `delta2bbox` for one anchor (`add_ctr_clamp=False`).
+///
+/// `anchor` and the result are `[x1, y1, x2, y2]` in input pixels; `deltas` are the raw network
+/// outputs `(dx, dy, dw, dh)`. Steps: `d*std + mean`; `px = (x1+x2)*0.5`, `pw = x2-x1` (no +1);
+/// `dw, dh` clamped to `±max_ratio`; `gx = px + pw*dx`; `gw = pw*exp(dw)`;
+/// corners `gx ∓ gw*0.5`; with `clip = Some([x0, y0, x1, y1])` x is clamped to `[x0, x1]`, y
+/// to `[y0, y1]` (mmdet: `[0, 0, W, H]` with W/H the resized, unpadded image `img_shape`).
+#[inline]
+pub fn delta2bbox(
+    anchor: [f32; 4],
+    deltas: [f32; 4],
+    p: &DeltaParams,
+    clip: Option<[f32; 4]>,
+) -> [f32; 4] {
+    let dx = deltas[0] * p.stds[0] + p.means[0];
+    let dy = deltas[1] * p.stds[1] + p.means[1];
+    let dw = deltas[2] * p.stds[2] + p.means[2];
+    let dh = deltas[3] * p.stds[3] + p.means[3];
+    let px = (anchor[0] + anchor[2]) * 0.5;
+    let py = (anchor[1] + anchor[3]) * 0.5;
+    let pw = anchor[2] - anchor[0];
+    let ph = anchor[3] - anchor[1];
+    let dxw = pw * dx;
+    let dyh = ph * dy;
+    // torch clamp: NaN propagates; f32::clamp keeps NaN as well.
+    let dw = dw.clamp(-p.max_ratio, p.max_ratio);
+    let dh = dh.clamp(-p.max_ratio, p.max_ratio);
+    let gx = px + dxw;
+    let gy = py + dyh;
+    let gw = pw * dw.exp();
+    let gh = ph * dh.exp();
+    let mut b = [gx - gw * 0.5, gy - gh * 0.5, gx + gw * 0.5, gy + gh * 0.5];
+    if let Some(c) = clip {
+        clip_box(&mut b, c);
+    }
+    b
+}
+
+/// Clamp x to `[c[0], c[2]]` and y to `[c[1], c[3]]` (torch `clamp_(min, max)`, elementwise).
+#[inline]
+pub fn clip_box(b: &mut [f32; 4], c: [f32; 4]) {
+    b[0] = b[0].max(c[0]).min(c[2]);
+    b[1] = b[1].max(c[1]).min(c[3]);
+    b[2] = b[2].max(c[0]).min(c[2]);
+    b[3] = b[3].max(c[1]).min(c[3]);
+}
+
+/// mmdet `distance2bbox`: box `(px - l, py - t, px + r, py + b)` from a point and distances
+/// `[l, t, r, b]` (already in input pixels), then clamped like [`delta2bbox`].
+#[inline]
+pub fn distance2bbox(point: (f32, f32), d: [f32; 4], clip: Option<[f32; 4]>) -> [f32; 4] {
+    let mut b = [
+        point.0 - d[0],
+        point.1 - d[1],
+        point.0 + d[2],
+        point.1 + d[3],
+    ];
+    if let Some(c) = clip {
+        clip_box(&mut b, c);
+    }
+    b
+}
+
+/// GFL integral of one side: softmax over the `n = reg_max + 1` bin logits (max-subtracted),
+/// then the expected bin index `sum_i p_i * i` (mmdet `Integral`, NanoDet
+/// `distribution_project`). Output in bins (multiply by the stride for pixels).
+#[inline]
+pub fn integral(bins: &[f32]) -> f32 {
+    let m = bins.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    let mut acc = 0.0f32;
+    for (i, &v) in bins.iter().enumerate() {
+        let e = (v - m).exp();
+        sum += e;
+        acc += e * i as f32;
+    }
+    acc / sum
+}
+
+/// GFL distribution decode: 4 sides (l, t, r, b) of `reg_max + 1` bins each, laid out
+/// side-major (`dist[s*(reg_max+1) + k]`), each integrated with [`integral`] and multiplied by
+/// `scale` (the stride, or 1), then [`distance2bbox`].
+#[inline]
+pub fn distribution2bbox(
+    point: (f32, f32),
+    dist: &[f32],
+    reg_max: usize,
+    scale: f32,
+    clip: Option<[f32; 4]>,
+) -> [f32; 4] {
+    let n = reg_max + 1;
+    let mut d = [0f32; 4];
+    for (s, slot) in d.iter_mut().enumerate() {
+        *slot = integral(&dist[s * n..(s + 1) * n]) * scale;
+    }
+    distance2bbox(point, d, clip)
+}
+
+#[cfg(test)]
+#[allow(clippy::excessive_precision)] // reference values are quoted as published
+mod tests {
+    use super::*;
+
+    fn params() -> DeltaParams {
+        DeltaParams::new([0.0; 4], [0.1, 0.1, 0.2, 0.2], 16.0 / 1000.0)
+    }
+
+    fn ulps(a: f32, b: f32) -> u32 {
+        if a == b {
+            return 0;
+        }
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn max_ratio_bits() {
+        assert_eq!(params().max_ratio.to_bits(), 0x40845349);
+    }
+
+    /// The four test vectors of reference section 3 (real v2 `delta2bbox`, max_shape (800, 1199)).
+    #[test]
+    fn decode_vectors() {
+        let p = params();
+        let clip = Some([0.0, 0.0, 1199.0f32, 800.0f32]);
+        let a = [-14.627417f32, -11.313708, 30.627417, 11.313708];
+        let cases: [([f32; 4], [f32; 4], [f32; 4]); 4] = [
+            (a, [0.5, -0.3, 0.2, -0.1], [0.0, 0.0, 33.813602, 10.410859]),
+            (a, [0.0, 0.0, 30.0, -30.0], [0.0, 0.0, 1199.0, 0.181019]),
+            (
+                [1176.0, 776.0, 1240.0, 840.0],
+                [1.0, 1.0, 1.0, 1.0],
+                [1175.315186, 775.315125, 1199.0, 800.0],
+            ),
+            (
+                [100.0, 100.0, 132.0, 132.0],
+                [0.0; 4],
+                [100.0, 100.0, 132.0, 132.0],
+            ),
+        ];
+        for (i, (anchor, d, want)) in cases.iter().enumerate() {
+            let got = delta2bbox(*anchor, *d, &p, clip);
+            for k in 0..4 {
+                assert!(
+                    (got[k] - want[k]).abs() <= 1e-4,
+                    "case {i}: {got:?} vs {want:?}"
+                );
+            }
+        }
+        // bit patterns of row 1, within 1 ulp (f32::exp vs torch's vectorised exp)
+        let r = delta2bbox(a, [0.5, -0.3, 0.2, -0.1], &p, clip);
+        assert!(
+            ulps(r[2], f32::from_bits(0x42074121)) <= 1,
+            "{:x}",
+            r[2].to_bits()
+        );
+        assert!(
+            ulps(r[3], f32::from_bits(0x412692e1)) <= 1,
+            "{:x}",
+            r[3].to_bits()
+        );
+        // without clip the box keeps its negative corner
+        let r = delta2bbox(a, [0.5, -0.3, 0.2, -0.1], &p, None);
+        assert!(r[0] < 0.0);
+    }
+
+    #[test]
+    fn distance_and_gfl() {
+        let b = distance2bbox(
+            (100.0, 50.0),
+            [10.0, 20.0, 30.0, 60.0],
+            Some([0.0, 0.0, 120.0, 100.0]),
+        );
+        assert_eq!(b, [90.0, 30.0, 120.0, 100.0]);
+        // GFL vs a direct formula in f64
+        let dist: Vec<f32> = (0..32)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7)
+            .collect();
+        let got = distribution2bbox((64.0, 32.0), &dist, 7, 8.0, None);
+        let mut want = [0f64; 4];
+        for s in 0..4 {
+            let v = &dist[s * 8..s * 8 + 8];
+            let z: f64 = v.iter().map(|&x| (x as f64).exp()).sum();
+            want[s] = v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| (x as f64).exp() / z * i as f64)
+                .sum::<f64>()
+                * 8.0;
+        }
+        let want = [
+            64.0 - want[0],
+            32.0 - want[1],
+            64.0 + want[2],
+            32.0 + want[3],
+        ];
+        for k in 0..4 {
+            assert!(
+                (got[k] as f64 - want[k]).abs() < 1e-4,
+                "{got:?} vs {want:?}"
+            );
+        }
+        // a one-hot distribution (huge logit on bin 3) decodes to exactly 3 bins
+        let mut one = vec![-50.0f32; 8];
+        one[3] = 50.0;
+        assert_eq!(integral(&one), 3.0);
+    }
+}
