@@ -157,8 +157,11 @@ impl LevelDecoder {
     /// Build the decoder of level `level` (`h x w` cells). `clip_region` is the clamp region
     /// used when the coder's `clip_border` is set.
     ///
-    /// Errors: [`Error::InvalidInput`] when the spec's priors and coder do not fit together
-    /// (delta coder needs anchors, distance/distribution coders need points).
+    /// Point coders (distance, distribution) on anchor priors use the anchor centres
+    /// `((x1+x2)*0.5, (y1+y2)*0.5)` (mmdet GFL/FCOS-on-anchors `anchor_center`).
+    ///
+    /// Errors: [`Error::InvalidInput`] for the delta coder on point priors, or a level missing
+    /// from the spec.
     pub fn new(
         spec: &DetectorSpec,
         level: usize,
@@ -177,7 +180,6 @@ impl LevelDecoder {
             PriorSpec::Points { offset } => offset as f32,
             _ => 0.0,
         };
-        let mismatch = |c: &str| Error::InvalidInput(format!("the {c} coder needs point priors"));
         let (coder, clip_border) = match &spec.head.coder {
             CoderSpec::DeltaXywh {
                 means,
@@ -199,9 +201,6 @@ impl LevelDecoder {
                 scale_by_stride,
                 clip_border,
             } => {
-                if !priors.is_point {
-                    return Err(mismatch("distance"));
-                }
                 let scale = if *scale_by_stride { stride as f32 } else { 1.0 };
                 (CoderKind::Distance { scale, offset }, *clip_border)
             }
@@ -210,9 +209,6 @@ impl LevelDecoder {
                 scale_by_stride,
                 clip_border,
             } => {
-                if !priors.is_point {
-                    return Err(mismatch("distribution"));
-                }
                 let scale = if *scale_by_stride { stride as f32 } else { 1.0 };
                 (
                     CoderKind::Distribution {
@@ -235,6 +231,18 @@ impl LevelDecoder {
         })
     }
 
+    /// Point of prior `i` for the point coders: the point itself, or the anchor centre.
+    #[inline]
+    fn point_of(&self, i: usize, offset: f32) -> (f32, f32) {
+        if self.priors.is_point {
+            self.priors
+                .point(i / self.priors.num_base(), self.w, offset)
+        } else {
+            let b = self.priors.prior(i, self.w);
+            ((b[0] + b[2]) * 0.5, (b[1] + b[3]) * 0.5)
+        }
+    }
+
     /// Decode the box of prior `i` from the level's regression tensor (input pixels, xyxy).
     pub fn decode(&mut self, reg: &[f32], i: usize) -> [f32; 4] {
         let a_n = self.priors.num_base();
@@ -250,7 +258,7 @@ impl LevelDecoder {
                 delta2bbox(self.priors.prior(i, self.w), d, p, self.clip)
             }
             CoderKind::Distance { scale, offset } => {
-                let pt = self.priors.point(i / a_n, self.w, *offset);
+                let pt = self.point_of(i, *offset);
                 let b = &self.reg_buf;
                 let d = if *scale == 1.0 {
                     [b[0], b[1], b[2], b[3]]
@@ -264,7 +272,7 @@ impl LevelDecoder {
                 scale,
                 offset,
             } => {
-                let pt = self.priors.point(i / a_n, self.w, *offset);
+                let pt = self.point_of(i, *offset);
                 distribution2bbox(pt, &self.reg_buf, *reg_max, *scale, self.clip)
             }
         }
