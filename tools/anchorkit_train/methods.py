@@ -49,30 +49,54 @@ class TrainModel(nn.Module):
         self.method = method
         self.num_classes = num_classes
         retina_anchors = AnchorPriors(STRIDES, 3.0, 3, [0.5, 1.0, 2.0])
-        common = {"feat": size.feat, "stacked": size.stacked}
         self.priors: AnchorPriors | LearnedAnchorPriors | PointPriors
         self.stds: tuple[float, ...] | None
         if method == "atss":
-            head = HeadConfig(num_classes, 1, centerness=True, scales=True, **common)
+            head = HeadConfig(
+                num_classes,
+                1,
+                centerness=True,
+                scales=True,
+                feat=size.feat,
+                stacked=size.stacked,
+            )
             self.priors = AnchorPriors(STRIDES, 4.0, 1, [1.0])
             self.loss_kind, self.stds, self.iou_thr = "atss", ATSS_STDS, 0.6
         elif method in ("freeanchor", "freeanchor_learned"):
             learned = method.endswith("learned")
-            head = HeadConfig(num_classes, 9, shiftless_bn_wh=learned, **common)
+            head = HeadConfig(
+                num_classes,
+                9,
+                shiftless_bn_wh=learned,
+                feat=size.feat,
+                stacked=size.stacked,
+            )
             self.priors = (
                 LearnedAnchorPriors(retina_anchors) if learned else retina_anchors
             )
             self.loss_kind, self.stds, self.iou_thr = "freeanchor", FREEANCHOR_STDS, 0.5
         elif method in ("retina", "retina_learned"):
             learned = method.endswith("learned")
-            head = HeadConfig(num_classes, 9, shiftless_bn_wh=learned, **common)
+            head = HeadConfig(
+                num_classes,
+                9,
+                shiftless_bn_wh=learned,
+                feat=size.feat,
+                stacked=size.stacked,
+            )
             self.priors = (
                 LearnedAnchorPriors(retina_anchors) if learned else retina_anchors
             )
             self.loss_kind, self.stds, self.iou_thr = "retina", RETINA_STDS, 0.5
         else:
             head = HeadConfig(
-                num_classes, 1, centerness=True, scales=True, reg_relu=True, **common
+                num_classes,
+                1,
+                centerness=True,
+                scales=True,
+                reg_relu=True,
+                feat=size.feat,
+                stacked=size.stacked,
             )
             self.priors = PointPriors(STRIDES, 0.5)
             self.loss_kind, self.stds, self.iou_thr = "piou", None, 0.5

@@ -179,6 +179,7 @@ class DenseHead(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        assert self.cls_out.bias is not None
         nn.init.constant_(self.cls_out.bias, -math.log((1 - 0.01) / 0.01))
 
     def forward(

@@ -20,6 +20,7 @@ from tools.anchorkit_train.data import (
 from tools.anchorkit_train.export import METADATA_KEY, export_onnx, parity
 from tools.anchorkit_train.losses import compute_loss
 from tools.anchorkit_train.methods import REGRESS_RANGES, ModelSize, TrainModel
+from tools.anchorkit_train.priors import LearnedAnchorPriors
 from tools.anchorkit_train.train import train_step
 from tools.reference.preprocess import preprocess
 from tools.reference.spec import parse_spec
@@ -73,6 +74,7 @@ def test_learned_anchors_receive_gradient() -> None:
     labels = [torch.tensor([1])]
     out = compute_loss(model.loss_kind, model.priors, model(imgs), boxes, labels, 3)
     out["loss_bbox"].backward()
+    assert isinstance(model.priors, LearnedAnchorPriors)
     g = model.priors.log_wh.grad
     assert g is not None and float(g.abs().sum()) > 0
 
