@@ -1,0 +1,77 @@
+"""Print the `models/MODELS.md` table rows from the specs embedded in exported ONNX files, so
+the documented numbers are exactly the ones measured at export time.
+
+    tools/.venv/bin/python -m tools.anchorkit_train.models_md models/bccd_*.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .export import METADATA_KEY
+
+METHOD_TEXT = {
+    "atss": "ATSS (k=9/level, mean+std), focal + GIoU + centerness",
+    "freeanchor": "FreeAnchor (bags of 50, mean-max, t1=0.6)",
+    "retina": "RetinaNet max-IoU 0.5/0.4, focal + L1",
+    "retina_learned": "RetinaNet max-IoU 0.5/0.4 + learned anchors (Zhong et al.)",
+    "freeanchor_learned": "FreeAnchor + learned anchors (Zhong et al.)",
+    "piou": "FCOS points + Pseudo-IoU 0.4",
+}
+
+
+def anchors_text(pri: dict[str, Any]) -> str:
+    """Short description of a `PriorSpec`."""
+    if pri["type"] == "anchors":
+        return (
+            f"default: octave_base_scale {pri['octave_base_scale']:g}, "
+            f"scales_per_octave {pri['scales_per_octave']}, ratios {pri['ratios']}"
+        )
+    if pri["type"] == "explicit_anchors":
+        lv = [
+            " ".join(f"{w:.0f}x{h:.0f}" for w, h in level) for level in pri["per_level"]
+        ]
+        return "learned (w x h) P3: " + "; P4: ".join(lv[:2]) + "; P5: " + lv[2]
+    return f"points, offset {pri['offset']}"
+
+
+def row(path: Path) -> str:
+    """One markdown table row for an exported model."""
+    m = onnx.load(str(path))
+    spec = json.loads(next(p.value for p in m.metadata_props if p.key == METADATA_KEY))
+    pv = spec["provenance"]
+    t = pv["test_metrics"]
+    pc = t["per_class_AP50"]
+    scale = spec["input"]["resize"]["scale"]
+    return (
+        f"| `{path.name}` | {METHOD_TEXT.get(pv['method'], pv['method'])} | "
+        f"{anchors_text(spec['head']['priors'])} | {pv['params'] / 1e6:.2f} M | "
+        f"keep_ratio {scale[0]}x{scale[1]} | {pv['epochs']} ep / {pv['iterations']} it | "
+        f"`{pv.get('train_command', '?')}` | {pv.get('train_wall_s', 0) / 60:.0f} min | "
+        f"{t['AP']:.3f} | {t['AP50']:.3f} | {t['AP75']:.3f} | "
+        + " | ".join(f"{pc[c]:.3f}" for c in spec["classes"])
+        + " |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("models", type=Path, nargs="+")
+    a = ap.parse_args(argv)
+    print(
+        "| model | method | anchors | params | input | schedule | training command "
+        "| wall | AP | AP50 | AP75 | AP50 RBC | AP50 WBC | AP50 Platelets |"
+    )
+    print("|" + "---|" * 14)
+    for p in a.models:
+        print(row(p))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
