@@ -104,7 +104,12 @@ def parity(model: TrainModel, onnx_path: Path, inputs: list[np.ndarray]) -> floa
 def load_checkpoint(path: Path) -> tuple[TrainModel, dict[str, Any]]:
     """Rebuild the `TrainModel` of a `train.py` checkpoint (eval mode)."""
     st = torch.load(path, weights_only=False, map_location="cpu")
-    model = TrainModel(st["method"], len(BCCD_CLASSES), ModelSize())
+    model = TrainModel(
+        st["method"],
+        len(BCCD_CLASSES),
+        ModelSize(),
+        shiftless_bn=bool(st.get("shiftless_bn", True)),
+    )
     model.load_state_dict(st["model"])
     return model.eval(), st
 

@@ -38,10 +38,15 @@ class TrainModel(nn.Module):
     """Detector plus its priors (learned anchor shapes live in the state dict).
 
     `loss_kind` is the loss used by `losses.compute_loss`; `stds` the DeltaXYWH stds (None for
-    point heads)."""
+    point heads). `shiftless_bn` (learned-anchor methods only) adds the batch norm without
+    shift on the predicted dw, dh (Zhong et al.); False is the ablation without it."""
 
     def __init__(
-        self, method: str, num_classes: int, size: ModelSize = ModelSize()
+        self,
+        method: str,
+        num_classes: int,
+        size: ModelSize = ModelSize(),
+        shiftless_bn: bool = True,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -67,7 +72,7 @@ class TrainModel(nn.Module):
             head = HeadConfig(
                 num_classes,
                 9,
-                shiftless_bn_wh=learned,
+                shiftless_bn_wh=learned and shiftless_bn,
                 feat=size.feat,
                 stacked=size.stacked,
             )
@@ -80,7 +85,7 @@ class TrainModel(nn.Module):
             head = HeadConfig(
                 num_classes,
                 9,
-                shiftless_bn_wh=learned,
+                shiftless_bn_wh=learned and shiftless_bn,
                 feat=size.feat,
                 stacked=size.stacked,
             )

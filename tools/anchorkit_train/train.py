@@ -140,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="stop after this many iterations (smoke)",
     )
+    ap.add_argument(
+        "--no-shiftless-bn",
+        action="store_true",
+        help="learned anchors: ablate the batch norm without shift on dw, dh",
+    )
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -159,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         canvas=(a.canvas[0], a.canvas[1]),
     )
     ds = TrainSet(train_recs, aug)
-    model = TrainModel(a.method, len(classes), ModelSize())
+    model = TrainModel(
+        a.method, len(classes), ModelSize(), shiftless_bn=not a.no_shiftless_bn
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     iters_per_epoch = len(ds.records) // a.batch
     total_iters = iters_per_epoch * a.epochs
@@ -242,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 "method": a.method,
                 "seed": a.seed,
                 "scale": list(a.scale),
+                "shiftless_bn": not a.no_shiftless_bn,
             },
             ckpt,
         )
