@@ -20,4 +20,7 @@ pub mod preprocess;
 pub mod runtime;
 pub mod spec;
 
+pub use detector::Detector;
 pub use error::{Error, Result};
+pub use postprocess::Detection;
+pub use spec::DetectorSpec;

@@ -70,9 +70,11 @@ fn inspect_lists_graph_and_validates_spec() {
 fn model_without_spec_is_a_clear_error() {
     let Some(sh) = shared() else { return };
     let (m, _) = nanodet320(&sh);
-    {
-        let cmd = "inspect";
-        let o = anchorkit(&[cmd, "--model", s(&m)]);
+    for cmd in ["inspect", "detect"] {
+        let o = anchorkit(
+            &[cmd, "--model", s(&m), "samples/blood_smear.jpg"]
+                [..if cmd == "detect" { 4 } else { 3 }],
+        );
         let e = stderr(&o);
         assert!(!o.status.success(), "{cmd}: {e}");
         assert!(
@@ -121,7 +123,14 @@ fn spec_disagreeing_with_graph_is_a_clear_error() {
         ),
     ];
     for (f, needles) in cases {
-        let o = anchorkit(&["inspect", "--model", s(&m), "--spec", s(f.path())]);
+        let o = anchorkit(&[
+            "detect",
+            "--model",
+            s(&m),
+            "--spec",
+            s(f.path()),
+            "samples/blood_smear.jpg",
+        ]);
         let e = stderr(&o);
         assert!(!o.status.success(), "{e}");
         assert!(e.contains(s(f.path())), "names the spec file: {e}");
@@ -155,4 +164,202 @@ fn gpu_eps_with_cpu_only_library_fail_without_cpu_run() {
             "{ep}: no session was built"
         );
     }
+}
+
+fn coco_image(sh: &Path, name: &str) -> PathBuf {
+    sh.join("data/coco-val2017/images").join(name)
+}
+
+#[test]
+fn readme_command_runs_with_the_default_model() {
+    let Some(_) = shared() else { return };
+    let o = anchorkit(&["detect", "samples/blood_smear.jpg"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("samples/blood_smear.jpg (1226x652): "),
+        "{out}"
+    );
+}
+
+#[test]
+fn detect_writes_jsonl_csv_coco_and_drawings() {
+    let Some(sh) = shared() else { return };
+    let (m, spec) = nanodet320(&sh);
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for n in ["000000000139.jpg", "000000000802.jpg", "000000005001.jpg"] {
+        std::fs::copy(coco_image(&sh, n), imgs.join(n)).unwrap();
+    }
+    std::fs::write(
+        imgs.join("notes.txt"),
+        "not an image, and not picked from a directory",
+    )
+    .unwrap();
+    let (jsonl, csv, coco, draw) = (
+        dir.path().join("out.jsonl"),
+        dir.path().join("out.csv"),
+        dir.path().join("coco.json"),
+        dir.path().join("drawn"),
+    );
+    let ann = sh.join("data/coco-val2017/instances_subset.json");
+    let o = anchorkit(&[
+        "detect",
+        "--model",
+        s(&m),
+        "--spec",
+        s(&spec),
+        "--threads",
+        "1",
+        "--jsonl",
+        s(&jsonl),
+        "--csv",
+        s(&csv),
+        "--coco-results",
+        s(&coco),
+        "--coco-gt",
+        s(&ann),
+        "--draw",
+        s(&draw),
+        s(&imgs),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("3 images done, 0 failed"),
+        "{}",
+        stderr(&o)
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    // Sorted directory order, real sizes, boxes inside the image, scores sorted.
+    assert!(
+        lines[0]["image"]
+            .as_str()
+            .unwrap()
+            .ends_with("000000000139.jpg")
+    );
+    assert_eq!(
+        (lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+        (Some(640), Some(426))
+    );
+    let mut n_csv = 0;
+    for l in &lines {
+        let (w, h) = (l["width"].as_f64().unwrap(), l["height"].as_f64().unwrap());
+        let dets = l["detections"].as_array().unwrap();
+        assert!(!dets.is_empty() && dets.len() <= 100);
+        n_csv += dets.len();
+        let mut prev = 1.0;
+        for d in dets {
+            let b: Vec<f64> = d["bbox"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert!(
+                b[0] >= 0.0
+                    && b[1] >= 0.0
+                    && b[2] <= w + 1e-3
+                    && b[3] <= h + 1e-3
+                    && b[0] <= b[2]
+                    && b[1] <= b[3],
+                "{d}"
+            );
+            let sc = d["score"].as_f64().unwrap();
+            assert!(sc > 0.05 && sc <= prev, "{d}");
+            prev = sc;
+            let id = d["class_id"].as_u64().unwrap() as usize;
+            assert!(id < 80 && d["class_name"].is_string());
+        }
+    }
+    // 000000000139.jpg (a living room): NanoDet-m's best detection is the TV at ~0.77.
+    let top = &lines[0]["detections"][0];
+    assert_eq!(top["class_name"], "tv", "{top}");
+    assert!(
+        (top["score"].as_f64().unwrap() - 0.775).abs() < 0.02,
+        "{top}"
+    );
+    let csv_text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv_text.lines().count(), 1 + n_csv);
+    let coco: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&coco).unwrap()).unwrap();
+    assert_eq!(coco.len(), n_csv);
+    assert_eq!(coco[0]["image_id"], 139);
+    assert_eq!(coco[0]["category_id"], 72, "tv is COCO category 72");
+    for n in ["000000000139.jpg", "000000000802.jpg", "000000005001.jpg"] {
+        let d = image::open(draw.join(n)).unwrap();
+        let orig = image::open(imgs.join(n)).unwrap();
+        assert_eq!((d.width(), d.height()), (orig.width(), orig.height()));
+        assert_ne!(
+            d.to_rgb8().as_raw(),
+            orig.to_rgb8().as_raw(),
+            "{n}: boxes drawn"
+        );
+    }
+    // No temp files left beside the outputs.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn bad_inputs_are_reported_and_the_batch_goes_on() {
+    let Some(sh) = shared() else { return };
+    let (m, spec) = nanodet320(&sh);
+    let dir = tempfile::tempdir().unwrap();
+    let good = coco_image(&sh, "000000000139.jpg");
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.jpg");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let empty = dir.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let text = dir.path().join("readme.jpg");
+    std::fs::write(&text, "this is text, not a JPEG\n").unwrap();
+    let missing = dir.path().join("missing.jpg");
+    let nomatch = dir.path().join("*.png");
+    let jsonl = dir.path().join("out.jsonl");
+    let o = anchorkit(&[
+        "detect",
+        "--model",
+        s(&m),
+        "--spec",
+        s(&spec),
+        "--jsonl",
+        s(&jsonl),
+        s(&missing),
+        s(&empty),
+        s(&truncated),
+        s(&good),
+        s(&text),
+        s(&nomatch),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    let line_of = |p: &Path| {
+        e.lines()
+            .find(|l| l.contains(s(p)))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    assert!(line_of(&missing).contains("No such file"), "{e}");
+    assert!(line_of(&empty).contains("empty (0 bytes)"), "{e}");
+    assert!(line_of(&truncated).contains("truncated"), "{e}");
+    assert!(
+        line_of(&text).contains("not a recognized image format"),
+        "{e}"
+    );
+    assert!(line_of(&nomatch).contains("matches no file"), "{e}");
+    assert!(e.contains("1 image done, 5 failed"), "{e}");
+    // The good image, processed after three bad ones, is in the output.
+    let out = std::fs::read_to_string(&jsonl).unwrap();
+    assert_eq!(out.lines().count(), 1);
+    assert!(out.contains("000000000139.jpg"));
 }

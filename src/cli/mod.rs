@@ -49,7 +49,6 @@ impl RuntimeArgs {
 
 /// Models tried, in order, when `--model` is not given (relative to the current directory, then
 /// to the source checkout).
-#[allow(dead_code)] // used by `detect` (next slice)
 pub const DEFAULT_MODELS: &[&str] = &[
     "models/bccd_atss.onnx",
     "models/bccd_freeanchor.onnx",
@@ -57,15 +56,13 @@ pub const DEFAULT_MODELS: &[&str] = &[
 ];
 /// Fallback until the project's own BCCD model exists: NanoDet-m (COCO) from `../shared` with
 /// its sidecar spec.
-#[allow(dead_code)]
 pub const FALLBACK_MODEL: (&str, &str) = (
     "../shared/models/nanodet-m-coco/nanodet-m-320.onnx",
     "models/specs/nanodet-m-320.json",
 );
 
-#[allow(dead_code)]
 fn roots() -> Vec<PathBuf> {
-    let mut v = vec![PathBuf::from(".")];
+    let mut v = vec![PathBuf::new()];
     let m = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     if std::fs::canonicalize(&m).ok() != std::fs::canonicalize(".").ok() {
         v.push(m);
@@ -75,7 +72,6 @@ fn roots() -> Vec<PathBuf> {
 
 /// Resolves `--model` / `--spec`, applying the default model when `--model` is absent.
 /// Prints on stderr which default was chosen.
-#[allow(dead_code)]
 pub fn resolve_model(
     model: Option<&Path>,
     spec: Option<&Path>,
