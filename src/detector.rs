@@ -11,6 +11,18 @@ use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Wall time of each stage for one image.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Resize + normalize + pad (decode not included).
+    pub preprocess: Duration,
+    /// `Session::run`.
+    pub infer: Duration,
+    /// Slicing the outputs, selection, decode, NMS.
+    pub postprocess: Duration,
+}
 
 /// One output tensor the head needs, with its latest value copied out of the session.
 #[derive(Debug, Default)]
@@ -191,72 +203,17 @@ impl Detector {
         Ok(())
     }
 
-    /// Slices each level's outputs (batch element 0) into [`LevelOutput`]s: NCHW takes H, W from
-    /// the output shape; the flat layout computes `H = ceil(input_h / stride)`,
-    /// `W = ceil(input_w / stride)` and checks `rows = H*W*A`.
     fn levels(&self, meta: &ImageMeta) -> Result<Vec<LevelOutput<'_>>> {
-        let a = self.spec.num_priors();
-        let mut v = Vec::with_capacity(self.spec.head.levels.len());
-        for (li, l) in self.spec.head.levels.iter().enumerate() {
-            let base = self.level_base[li];
-            let n = if l.centerness.is_some() { 3 } else { 2 };
-            let bufs = &self.outs[base..base + n];
-            let (h, w) = match self.spec.head.layout {
-                TensorLayout::Nchw => {
-                    let s = &bufs[0].shape;
-                    if s.len() != 4 {
-                        return Err(Error::Runtime(format!(
-                            "output {:?}: expected rank 4, got {s:?}",
-                            bufs[0].name
-                        )));
-                    }
-                    (s[2] as usize, s[3] as usize)
-                }
-                TensorLayout::Flat => {
-                    let st = l.stride;
-                    (
-                        (meta.input_h.div_ceil(st)) as usize,
-                        (meta.input_w.div_ceil(st)) as usize,
-                    )
-                }
-            };
-            let mut slices = [&[][..]; 3];
-            for (k, b) in bufs.iter().enumerate() {
-                let per_row = match (self.spec.head.layout, k) {
-                    (_, 0) => a * self.spec.num_classes(),
-                    (_, 1) => a * self.spec.reg_channels(),
-                    _ => a,
-                };
-                let need = per_row * h * w;
-                let (rows_dim, k_dim) = match self.spec.head.layout {
-                    TensorLayout::Nchw => (
-                        b.shape.get(2).copied().unwrap_or(-1)
-                            * b.shape.get(3).copied().unwrap_or(-1),
-                        b.shape.get(1).copied().unwrap_or(-1),
-                    ),
-                    TensorLayout::Flat => (
-                        b.shape.iter().rev().nth(1).copied().unwrap_or(-1),
-                        b.shape.last().copied().unwrap_or(-1),
-                    ),
-                };
-                if rows_dim * k_dim != need as i64 || b.data.len() < need {
-                    return Err(Error::Runtime(format!(
-                        "level {li} (stride {}) output {:?} has shape {:?}; expected {} values per image \
-                         ({per_row} per location x {h}x{w} locations)",
-                        l.stride, b.name, b.shape, need
-                    )));
-                }
-                slices[k] = &b.data[..need];
-            }
-            v.push(LevelOutput {
-                cls: slices[0],
-                reg: slices[1],
-                centerness: (n == 3).then_some(slices[2]),
-                h,
-                w,
-            });
-        }
-        Ok(v)
+        let views: Vec<OutView<'_>> = self
+            .outs
+            .iter()
+            .map(|o| OutView {
+                name: &o.name,
+                shape: &o.shape,
+                data: &o.data,
+            })
+            .collect();
+        slice_levels(&self.spec, &self.level_base, &views, meta)
     }
 
     /// Post-processes the outputs of the last [`Self::infer`] for the image described by
@@ -267,10 +224,128 @@ impl Detector {
     }
 
     /// `preprocess` + `infer` + `postprocess`; boxes in original-image pixels, sorted by score
-    /// descending.
+    /// descending. Reads the head outputs in place (no copy, unlike [`Self::infer`]).
     pub fn detect(&mut self, img: &RgbImage) -> Result<Vec<Detection>> {
-        let meta = self.preprocess(img)?;
-        self.infer()?;
-        self.postprocess(&meta)
+        self.detect_timed(img).map(|(_, d, _)| d)
     }
+
+    /// [`Self::detect`] that also returns the image geometry and the wall time of each stage.
+    pub fn detect_timed(
+        &mut self,
+        img: &RgbImage,
+    ) -> Result<(ImageMeta, Vec<Detection>, StageTimes)> {
+        let t0 = Instant::now();
+        let meta = self.preprocess(img)?;
+        let t1 = Instant::now();
+        let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
+        let tensor = TensorRef::from_array_view((shape, self.pre.tensor()))
+            .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
+        let model = &self.model;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.spec.input.name.as_str() => tensor])
+            .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))?;
+        let t2 = Instant::now();
+        let mut views = Vec::with_capacity(self.outs.len());
+        for o in &self.outs {
+            let v = outputs.get(&o.name).ok_or_else(|| {
+                Error::Runtime(format!("output {:?} missing from the run", o.name))
+            })?;
+            let (shape, data) = v
+                .try_extract_tensor::<f32>()
+                .map_err(|e| Error::Runtime(format!("output {:?}: {e}", o.name)))?;
+            views.push(OutView {
+                name: &o.name,
+                shape,
+                data,
+            });
+        }
+        let levels = slice_levels(&self.spec, &self.level_base, &views, &meta)?;
+        let dets = postprocess::postprocess(&self.spec, &levels, &meta)?;
+        let times = StageTimes {
+            preprocess: t1 - t0,
+            infer: t2 - t1,
+            postprocess: t2.elapsed(),
+        };
+        Ok((meta, dets, times))
+    }
+}
+
+/// Borrowed view of one output tensor.
+struct OutView<'a> {
+    name: &'a str,
+    shape: &'a [i64],
+    data: &'a [f32],
+}
+
+/// Slices each level's outputs (batch element 0) into [`LevelOutput`]s: NCHW takes H, W from
+/// the output shape; the flat layout computes `H = ceil(input_h / stride)`,
+/// `W = ceil(input_w / stride)` and checks `rows = H*W*A`.
+fn slice_levels<'a>(
+    spec: &DetectorSpec,
+    level_base: &[usize],
+    outs: &[OutView<'a>],
+    meta: &ImageMeta,
+) -> Result<Vec<LevelOutput<'a>>> {
+    let a = spec.num_priors();
+    let mut v = Vec::with_capacity(spec.head.levels.len());
+    for (li, l) in spec.head.levels.iter().enumerate() {
+        let base = level_base[li];
+        let n = if l.centerness.is_some() { 3 } else { 2 };
+        let bufs = &outs[base..base + n];
+        let (h, w) = match spec.head.layout {
+            TensorLayout::Nchw => {
+                let s = &bufs[0].shape;
+                if s.len() != 4 {
+                    return Err(Error::Runtime(format!(
+                        "output {:?}: expected rank 4, got {s:?}",
+                        bufs[0].name
+                    )));
+                }
+                (s[2] as usize, s[3] as usize)
+            }
+            TensorLayout::Flat => {
+                let st = l.stride;
+                (
+                    (meta.input_h.div_ceil(st)) as usize,
+                    (meta.input_w.div_ceil(st)) as usize,
+                )
+            }
+        };
+        let mut slices = [&[][..]; 3];
+        for (k, b) in bufs.iter().enumerate() {
+            let per_row = match (spec.head.layout, k) {
+                (_, 0) => a * spec.num_classes(),
+                (_, 1) => a * spec.reg_channels(),
+                _ => a,
+            };
+            let need = per_row * h * w;
+            let (rows_dim, k_dim) = match spec.head.layout {
+                TensorLayout::Nchw => (
+                    b.shape.get(2).copied().unwrap_or(-1) * b.shape.get(3).copied().unwrap_or(-1),
+                    b.shape.get(1).copied().unwrap_or(-1),
+                ),
+                TensorLayout::Flat => (
+                    b.shape.iter().rev().nth(1).copied().unwrap_or(-1),
+                    b.shape.last().copied().unwrap_or(-1),
+                ),
+            };
+            if rows_dim * k_dim != need as i64 || b.data.len() < need {
+                return Err(Error::Runtime(format!(
+                    "level {li} (stride {}) output {:?} has shape {:?}; expected {} values per image \
+                     ({per_row} per location x {h}x{w} locations)",
+                    l.stride, b.name, b.shape, need
+                )));
+            }
+            slices[k] = &b.data[..need];
+        }
+        v.push(LevelOutput {
+            cls: slices[0],
+            reg: slices[1],
+            centerness: (n == 3).then_some(slices[2]),
+            h,
+            w,
+        });
+    }
+    Ok(v)
 }

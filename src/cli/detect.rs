@@ -211,16 +211,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let t0 = Instant::now();
-        let res = (|| -> anchorkit::Result<_> {
-            let meta = det.preprocess(&img)?;
-            let t1 = Instant::now();
-            det.infer()?;
-            let t2 = Instant::now();
-            let dets = det.postprocess(&meta)?;
-            Ok((meta, dets, t1 - t0, t2 - t1, t2.elapsed()))
-        })();
-        let (meta, dets, tp, ti, tq) = match res {
+        let (meta, dets, st) = match det.detect_timed(&img) {
             Ok(r) => r,
             Err(e) => {
                 failed += 1;
@@ -229,9 +220,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         times.decode += t_dec;
-        times.pre += tp;
-        times.infer += ti;
-        times.post += tq;
+        times.pre += st.preprocess;
+        times.infer += st.infer;
+        times.post += st.postprocess;
         times.n += 1;
         let rec = ImageRecord {
             image: path.clone(),
