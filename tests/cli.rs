@@ -363,3 +363,46 @@ fn bad_inputs_are_reported_and_the_batch_goes_on() {
     assert_eq!(out.lines().count(), 1);
     assert!(out.contains("000000000139.jpg"));
 }
+
+#[test]
+fn unusable_runtime_library_is_an_error_with_a_remedy() {
+    let Some(sh) = shared() else { return };
+    let (m, spec) = nanodet320(&sh);
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libonnxruntime.so.1.32.0");
+    std::fs::write(&fake, "not a shared library").unwrap();
+    let missing = dir.path().join("nope/libonnxruntime.so.1.32.0");
+    let o = anchorkit(&[
+        "inspect",
+        "--model",
+        s(&m),
+        "--spec",
+        s(&spec),
+        "--ort-lib",
+        s(&missing),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("--ort-lib") && e.contains(s(&missing)) && e.contains("no such file"),
+        "{e}"
+    );
+    for env in [false, true] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_anchorkit"));
+        c.args(["inspect", "--model", s(&m), "--spec", s(&spec)])
+            .current_dir(repo());
+        if env {
+            c.env("ORT_DYLIB_PATH", &fake);
+        } else {
+            c.args(["--ort-lib", s(&fake)]);
+        }
+        let o = c.output().unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(
+            e.contains("cannot load") && e.contains(s(&fake)) && e.contains("ORT_DYLIB_PATH"),
+            "{e}"
+        );
+    }
+}

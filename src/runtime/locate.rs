@@ -419,4 +419,28 @@ mod tests {
         );
         assert!(!d.path().join("c/ort").exists());
     }
+
+    /// Downloads the pinned wheel with pip (network) into a temporary cache and checks the
+    /// extracted library. Run with `cargo test --lib provision -- --ignored`.
+    #[test]
+    #[ignore = "downloads the onnxruntime wheel with pip"]
+    fn provision_downloads_and_extracts_the_pinned_wheel() {
+        let d = tempfile::tempdir().unwrap();
+        // SAFETY: ignored test, run on its own; nothing else reads the environment meanwhile.
+        unsafe { std::env::set_var("XDG_CACHE_HOME", d.path()) };
+        let lib = provision().unwrap();
+        assert_eq!(
+            lib,
+            d.path().join(format!(
+                "anchorkit/onnxruntime-{PINNED_ORT_VERSION}/libonnxruntime.so.{PINNED_ORT_VERSION}"
+            ))
+        );
+        assert_eq!(&std::fs::read(&lib).unwrap()[..4], b"\x7fELF");
+        assert!(
+            lib.with_file_name("libonnxruntime_providers_shared.so")
+                .is_file()
+        );
+        // A second lookup finds it in the cache without pip.
+        assert_eq!(lib_in_dir(&cache_dir().unwrap()), Some(lib));
+    }
 }
