@@ -406,3 +406,85 @@ fn unusable_runtime_library_is_an_error_with_a_remedy() {
         );
     }
 }
+
+#[test]
+fn detector_library_stages_equal_detect_on_both_nanodet_models() {
+    use anchorkit::Detector;
+    use anchorkit::runtime::RuntimeOptions;
+    let Some(sh) = shared() else { return };
+    let img = image::open(coco_image(&sh, "000000000802.jpg"))
+        .unwrap()
+        .to_rgb8();
+    let opts = RuntimeOptions {
+        threads: 1,
+        ..RuntimeOptions::default()
+    };
+    for size in [320, 416] {
+        let model = sh.join(format!("models/nanodet-m-coco/nanodet-m-{size}.onnx"));
+        let spec = repo().join(format!("models/specs/nanodet-m-{size}.json"));
+        let mut det = Detector::load(&model, Some(&spec), &opts).unwrap();
+        assert_eq!(det.spec().name, format!("nanodet-m-{size}"));
+        let a = det.detect(&img).unwrap();
+        let meta = det.preprocess(&img).unwrap();
+        assert_eq!((meta.input_w, meta.input_h), (size, size));
+        assert_eq!(det.input_tensor().len(), 3 * (size * size) as usize);
+        det.infer().unwrap();
+        let b = det.postprocess(&meta).unwrap();
+        assert!(!a.is_empty(), "{size}: detections on a real COCO image");
+        assert_eq!(
+            a, b,
+            "{size}: in-place and copied outputs give the same detections"
+        );
+        det.set_score_thr(0.5).unwrap();
+        let c = det.detect(&img).unwrap();
+        assert!(c.len() < a.len() && c.iter().all(|d| d.score > 0.5));
+        assert!(det.set_score_thr(1.5).is_err());
+    }
+}
+
+#[test]
+fn dump_input_writes_npy_and_meta() {
+    let Some(sh) = shared() else { return };
+    let (m, spec) = nanodet320(&sh);
+    let dir = tempfile::tempdir().unwrap();
+    let img = coco_image(&sh, "000000000139.jpg");
+    let o = anchorkit(&[
+        "detect",
+        "--model",
+        s(&m),
+        "--spec",
+        s(&spec),
+        "--dump-input",
+        s(dir.path()),
+        "--jsonl",
+        s(&dir.path().join("o.jsonl")),
+        s(&img),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let npy = std::fs::read(dir.path().join("000000000139.npy")).unwrap();
+    let hl = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    assert!(
+        std::str::from_utf8(&npy[10..10 + hl])
+            .unwrap()
+            .contains("'shape': (1, 3, 320, 320)")
+    );
+    assert_eq!(npy.len(), 10 + hl + 4 * 3 * 320 * 320);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("000000000139.meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (meta["orig_w"].as_u64(), meta["orig_h"].as_u64()),
+        (Some(640), Some(426))
+    );
+    assert_eq!(
+        (meta["input_w"].as_u64(), meta["input_h"].as_u64()),
+        (Some(320), Some(320))
+    );
+    // BGR, (x - mean) / std: every value lies in [(0 - 123.675) / 58.395, (255 - 103.53) / 57.375].
+    let vals: Vec<f32> = npy[10 + hl..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(vals.iter().all(|v| (-2.12..=2.65).contains(v)));
+}
