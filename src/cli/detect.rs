@@ -150,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         w.write_all(output::CSV_HEADER.as_bytes())?;
     }
     let mut coco: Vec<output::CocoResult> = vec![];
+    let mut drawn = std::collections::HashSet::new();
 
     let items = expand(&args.inputs);
     let n_paths = items.iter().filter(|i| matches!(i, Item::Path(_))).count();
@@ -274,11 +275,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .as_deref(),
                 Some("jpg" | "jpeg" | "png")
             );
-            let dest = if keep {
-                dir.join(name)
+            let mut dest = if keep {
+                dir.join(&name)
             } else {
-                dir.join(name).with_extension("png")
+                dir.join(&name).with_extension("png")
             };
+            // Same file name from different directories: name-2.jpg, name-3.jpg, ...
+            let mut k = 1;
+            while !drawn.insert(dest.clone()) {
+                k += 1;
+                let stem = Path::new(&name)
+                    .file_stem()
+                    .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+                let ext = dest
+                    .extension()
+                    .map_or("png".into(), |e| e.to_string_lossy().into_owned());
+                dest = dir.join(format!("{stem}-{k}.{ext}"));
+            }
             if let Err(e) =
                 output::save_image(&dest, &output::draw(&img, &rec.detections, &classes))
             {

@@ -207,6 +207,12 @@ impl Runtime {
         let rt_err = |e: ort::Error<ort::session::builder::SessionBuilder>| {
             Error::Runtime(format!("{}: {e}", model.display()))
         };
+        if !model.is_file() {
+            return Err(Error::Runtime(format!(
+                "{}: model file not found",
+                model.display()
+            )));
+        }
         let mut b = Session::builder(&self.env)
             .map_err(|e| Error::Runtime(format!("session builder: {e}")))?;
         match opts.ep {
@@ -265,12 +271,6 @@ impl Runtime {
             .map_err(rt_err)?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(rt_err)?;
-        if !model.is_file() {
-            return Err(Error::Runtime(format!(
-                "{}: model file not found",
-                model.display()
-            )));
-        }
         b.commit_from_file(model)
             .map_err(|e| Error::Runtime(format!("{}: cannot load model: {e}", model.display())))
     }
