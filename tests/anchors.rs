@@ -749,3 +749,149 @@ fn bccd_mapping_and_eval_runs() {
     assert!((m0[0] as f64 - b0[0] * 1.6671875).abs() < 1e-3);
     assert!((m0[3] as f64 - b0[3] * 800.0 / 480.0).abs() < 1e-3);
 }
+
+// ---------------------------------------------------------------- evolve / de / learned / mmdet
+
+#[test]
+fn evolve_recovers_synthetic_clusters() {
+    use anchorkit::anchor_opt::evolve::{EvolveConfig, evolve};
+    let truth = [[10.0, 30.0], [45.0, 40.0], [120.0, 60.0]];
+    let (w, h) = clusters(&truth, 400, 0.03, 5);
+    let p = ShapeProblem::new(w, h, None);
+    let r = evolve(
+        &p,
+        &EvolveConfig {
+            k: 3,
+            seed: 1,
+            ..Default::default()
+        },
+    );
+    assert_recovers(&r.shapes, &truth, 0.05);
+    assert!(r.fitness >= r.fitness_kmeans);
+    assert!(r.fitness > 0.95, "{}", r.fitness);
+    assert_eq!(r.bpr, 1.0);
+    let r2 = evolve(
+        &p,
+        &EvolveConfig {
+            k: 3,
+            seed: 1,
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.shapes, r2.shapes);
+}
+
+#[test]
+fn de_recovers_retinanet_ratios_and_scales() {
+    use anchorkit::anchor_opt::de::{DeConfig, de, product_shapes};
+    let ratios = [0.4, 1.0, 2.5];
+    let scales = [0.5, 0.7, 0.95];
+    let strides = [8u32, 16, 32, 64, 128];
+    let base = product_shapes(&ratios, &scales, 4.0);
+    let mut centres = Vec::new();
+    for s in [16.0f32, 32.0, 64.0] {
+        for b in &base {
+            centres.push([b[0] * s, b[1] * s]);
+        }
+    }
+    let (w, h) = clusters(&centres, 30, 0.01, 9);
+    let p = ShapeProblem::new(w, h, Some(&strides));
+    let r = de(
+        &p,
+        &DeConfig {
+            seed: 2,
+            ..Default::default()
+        },
+    );
+    for (a, b) in r.ratios.iter().zip(&ratios) {
+        assert!((a / b).ln().abs() < 0.03, "ratios {:?}", r.ratios);
+    }
+    // scales are defined up to an octave (the next level has twice the base size)
+    let frac = |s: f64| s.log2().rem_euclid(1.0);
+    let mut got: Vec<f64> = r.scales.iter().map(|&s| frac(s)).collect();
+    let mut want: Vec<f64> = scales.iter().map(|&s| frac(s)).collect();
+    got.sort_by(f64::total_cmp);
+    want.sort_by(f64::total_cmp);
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() < 0.03, "scales {:?}", r.scales);
+    }
+    assert!(r.value < 1e-3, "{}", r.value);
+    assert!(r.value <= r.value_de);
+}
+
+#[test]
+fn learned_recovers_clusters_from_every_init() {
+    use anchorkit::anchor_opt::learned::{LearnedConfig, LearnedInit, learned};
+    let truth = [[12.0, 36.0], [50.0, 50.0], [140.0, 70.0]];
+    let (w, h) = clusters(&truth, 400, 0.05, 3);
+    let p = ShapeProblem::new(w, h, None);
+    for init in [
+        LearnedInit::Identical,
+        LearnedInit::Uniform,
+        LearnedInit::Kmeans,
+    ] {
+        let r = learned(
+            &p,
+            &LearnedConfig {
+                k: 3,
+                init,
+                seed: 4,
+                ..Default::default()
+            },
+        );
+        assert_recovers(&r.shapes, &truth, 0.05);
+        assert!(r.loc_loss <= r.loc_loss_init + 1e-9, "{init:?}: {r:?}");
+        assert!(r.mean_iou > 0.9, "{init:?}: {}", r.mean_iou);
+    }
+}
+
+#[test]
+fn mmdet_snippet_round_trips_through_the_spec() {
+    use anchorkit::anchor_opt::mmdet_cfg::MmdetAnchorGenerator;
+    let strides = [8u32, 16, 32, 64, 128];
+    // default octave anchors
+    let g = MmdetAnchorGenerator::from_prior(&retinanet_default(), &strides).unwrap();
+    let back = MmdetAnchorGenerator::parse(&g.to_python()).unwrap();
+    assert_eq!(back, g);
+    assert_eq!(back.prior_spec(), retinanet_default());
+    assert_eq!(
+        back.anchor_set(),
+        AnchorSet::from_spec(&retinanet_default(), &strides).unwrap()
+    );
+    // explicit free shapes -> YOLOAnchorGenerator
+    let per_level =
+        AnchorSet::layout_shapes(&[[1.37, 2.9], [4.123456789, 3.5]], Layout::Fpn, &strides)
+            .unwrap();
+    let prior = PriorSpec::ExplicitAnchors {
+        per_level,
+        center_offset: 0.5,
+    };
+    let text = MmdetAnchorGenerator::from_prior(&prior, &strides)
+        .unwrap()
+        .to_python();
+    assert!(text.contains("YOLOAnchorGenerator"));
+    let back = MmdetAnchorGenerator::parse(&text).unwrap();
+    assert_eq!(back.prior_spec(), prior);
+    assert_eq!(
+        back.anchor_set(),
+        AnchorSet::from_spec(&prior, &strides).unwrap()
+    );
+    // explicit scales (de): AnchorGenerator(scales=...) -> ExplicitAnchors with mmdet's f32 sizes
+    let g = MmdetAnchorGenerator::Anchor {
+        strides: strides.to_vec(),
+        ratios: vec![0.61, 1.0, 1.0 / 0.61],
+        octave: None,
+        scales: Some(vec![2.7, 3.9, 5.3]),
+    };
+    let back = MmdetAnchorGenerator::parse(&g.to_python()).unwrap();
+    assert_eq!(back, g);
+    let spec_set = AnchorSet::from_spec(&back.prior_spec(), &strides).unwrap();
+    assert_eq!(spec_set.base, g.anchor_set().base);
+    // a hand-written mmdet config parses too
+    let hand = "anchor_generator=dict(\n  type='AnchorGenerator',  # comment\n  octave_base_scale=8,\n  scales_per_octave=1,\n  ratios=[1.0],\n  strides=[8, 16, 32, 64, 128])";
+    assert_eq!(
+        MmdetAnchorGenerator::parse(hand).unwrap().prior_spec(),
+        atss_default()
+    );
+    assert!(MmdetAnchorGenerator::parse("dict(type='AnchorGenerator', ratios=[1.0])").is_err());
+}

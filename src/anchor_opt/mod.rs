@@ -4,8 +4,13 @@
 
 pub mod anchors;
 pub mod assign;
+pub mod de;
+pub mod evolve;
 pub mod kmeans;
+pub mod learned;
+pub mod mmdet_cfg;
 pub mod objective;
+pub mod plot;
 pub mod report;
 pub mod run;
 

@@ -4,7 +4,11 @@
 
 use super::anchors::{AnchorSet, Layout, atss_default, retinanet_default};
 use super::assign::{GridConfig, GridSummary, eval_all};
+use super::de::{DeConfig, de, product_shapes};
+use super::evolve::{EvolveConfig, evolve};
 use super::kmeans::{KmeansConfig, kmeans};
+use super::learned::{LearnedConfig, LearnedInit, learned};
+use super::mmdet_cfg::MmdetAnchorGenerator;
 use super::objective::{ShapeProblem, ShapeScores};
 use crate::dataset::InputBoxes;
 use crate::error::{Error, Result};
@@ -65,6 +69,8 @@ pub struct OptimizeOptions {
     pub iterations: usize,
     /// Show progress bars.
     pub progress: bool,
+    /// Initialization of the learned method.
+    pub init: LearnedInit,
 }
 
 /// An optimized anchor set.
@@ -83,6 +89,8 @@ pub struct Optimized {
     pub seconds: f64,
     /// Method-specific details (iterations, restarts, ...).
     pub details: serde_json::Value,
+    /// mmdetection `anchor_generator=dict(...)` snippet.
+    pub mmdet: String,
 }
 
 /// Shape problem of the mapped boxes for a layout.
@@ -103,9 +111,30 @@ pub fn explicit_prior(shapes: &[[f64; 2]], layout: Layout, strides: &[u32]) -> R
     })
 }
 
+/// A progress bar on stderr (hidden when `show` is false or stderr is not a terminal).
+pub fn progress_bar(len: u64, msg: &str, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    if let Ok(st) = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+    ) {
+        b.set_style(st.progress_chars("=> "));
+    }
+    b.set_prefix(msg.to_string());
+    b
+}
+
+fn to_f64(s: &[[f32; 2]]) -> Vec<[f64; 2]> {
+    s.iter().map(|v| [v[0] as f64, v[1] as f64]).collect()
+}
+
 /// Run the chosen optimizer.
 ///
-/// Errors: [`Error::InvalidInput`] when there are no boxes, k is 0, or the layout cannot hold k.
+/// Errors: [`Error::InvalidInput`] when there are no boxes, k is 0, or the layout / method cannot
+/// hold k (`de` needs k = (2m + 1) x S with S = 3 when k is a multiple of 3, else S = 1, and the
+/// fpn layout).
 pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
     if input.is_empty() {
         return Err(Error::InvalidInput("the dataset has no boxes".into()));
@@ -119,7 +148,8 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
     }
     let p = problem(input, o.layout, &o.strides);
     let t = Instant::now();
-    match o.method {
+    let iters = |d: usize| if o.iterations == 0 { d } else { o.iterations };
+    let (shapes, prior, objective, details, generator) = match o.method {
         Method::Kmeans => {
             let cfg = KmeansConfig {
                 k: o.k,
@@ -128,31 +158,130 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 ..KmeansConfig::default()
             };
             let r = kmeans(&p, &cfg);
-            let secs = t.elapsed().as_secs_f64();
-            let shapes: Vec<[f64; 2]> = r
-                .shapes
-                .iter()
-                .map(|s| [s[0] as f64, s[1] as f64])
-                .collect();
-            Ok(Optimized {
-                method: o.method,
-                layout: o.layout,
-                seed: o.seed,
-                prior: explicit_prior(&shapes, o.layout, &o.strides)?,
+            let shapes = to_f64(&r.shapes);
+            let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
+            (
                 shapes,
-                objective: ("mean_best_iou".into(), r.mean_iou),
-                seconds: secs,
-                details: serde_json::json!({
+                prior,
+                ("mean_best_iou".to_string(), r.mean_iou),
+                serde_json::json!({
                     "restarts": r.restarts,
                     "lloyd_iterations": r.iterations,
                     "mean_iou_before_polish": r.mean_iou_lloyd,
                 }),
-            })
+                None,
+            )
         }
-        m => Err(Error::InvalidInput(format!(
-            "method {m:?} is not available yet"
-        ))),
-    }
+        Method::Evolve => {
+            let min_side = match o.layout {
+                Layout::Fpn => 2.0 / *o.strides.iter().min().unwrap_or(&1) as f32,
+                Layout::Free => 2.0,
+            };
+            let cfg = EvolveConfig {
+                k: o.k,
+                generations: iters(1000),
+                seed: o.seed,
+                min_side,
+                progress: o.progress,
+                ..EvolveConfig::default()
+            };
+            let r = evolve(&p, &cfg);
+            let shapes = to_f64(&r.shapes);
+            let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
+            (
+                shapes,
+                prior,
+                ("yolov5_fitness".to_string(), r.fitness),
+                serde_json::json!({
+                    "generations": r.generations, "accepted": r.accepted,
+                    "fitness_kmeans": r.fitness_kmeans, "bpr": r.bpr, "aat": r.aat,
+                }),
+                None,
+            )
+        }
+        Method::De => {
+            if o.layout != Layout::Fpn {
+                return Err(Error::InvalidInput(
+                    "--method de optimizes the RetinaNet ratios x scales and needs --layout fpn"
+                        .into(),
+                ));
+            }
+            let (nr, ns) = if o.k.is_multiple_of(3) {
+                (o.k / 3, 3)
+            } else {
+                (o.k, 1)
+            };
+            if nr.is_multiple_of(2) {
+                return Err(Error::InvalidInput(format!(
+                    "--method de: k = {} must be (2m + 1) x S ratios x scales (e.g. 9 = 3 x 3, 3, 5, 15)",
+                    o.k
+                )));
+            }
+            let cfg = DeConfig {
+                ratio_pairs: (nr - 1) / 2,
+                scales: ns,
+                max_generations: iters(1000),
+                seed: o.seed,
+                progress: o.progress,
+                ..DeConfig::default()
+            };
+            let r = de(&p, &cfg);
+            let abs_scales: Vec<f64> = r.scales.iter().map(|s| s * cfg.octave_base_scale).collect();
+            let mg = MmdetAnchorGenerator::Anchor {
+                strides: o.strides.clone(),
+                ratios: r.ratios.clone(),
+                octave: None,
+                scales: Some(abs_scales),
+            };
+            let shapes = to_f64(&product_shapes(&r.ratios, &r.scales, cfg.octave_base_scale));
+            (
+                shapes,
+                mg.prior_spec(),
+                ("zlocha_focal".to_string(), r.value),
+                serde_json::to_value(&r).unwrap_or_default(),
+                Some(mg),
+            )
+        }
+        Method::Learned => {
+            let cfg = LearnedConfig {
+                k: o.k,
+                init: o.init,
+                iterations: iters(600),
+                seed: o.seed,
+                progress: o.progress,
+                ..LearnedConfig::default()
+            };
+            let r = learned(&p, &cfg);
+            let shapes = to_f64(&r.shapes);
+            let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
+            (
+                shapes,
+                prior,
+                ("log_space_loc_loss".to_string(), r.loc_loss),
+                serde_json::json!({
+                    "init": r.init, "iterations": r.iterations, "loc_loss_init": r.loc_loss_init,
+                    "mean_iou": r.mean_iou, "mean_iou_init": r.mean_iou_init,
+                }),
+                None,
+            )
+        }
+    };
+    let seconds = t.elapsed().as_secs_f64();
+    let generator = match generator {
+        Some(g) => g,
+        None => MmdetAnchorGenerator::from_prior(&prior, &o.strides)?,
+    };
+    Ok(Optimized {
+        method: o.method,
+        layout: o.layout,
+        seed: o.seed,
+        shapes,
+        prior,
+        objective,
+        seconds,
+        details,
+        mmdet: generator.to_python(),
+    })
 }
 
 /// Everything measured for one anchor set.

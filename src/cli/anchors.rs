@@ -3,6 +3,8 @@
 
 use anchorkit::anchor_opt::Layout;
 use anchorkit::anchor_opt::assign::GridConfig;
+use anchorkit::anchor_opt::learned::LearnedInit;
+use anchorkit::anchor_opt::plot;
 use anchorkit::anchor_opt::report::table;
 use anchorkit::anchor_opt::run::{Assigner, Method, OptimizeOptions, evaluate, optimize};
 use anchorkit::dataset::{self, Format, InputBoxes, ReadOptions, Resize};
@@ -78,6 +80,9 @@ pub struct Args {
     /// Write a spec fragment `{"priors": ..., "strides": [...]}` for the optimized anchors.
     #[arg(long)]
     pub write_spec: Option<PathBuf>,
+    /// Initialization of --method learned.
+    #[arg(long, value_enum, default_value = "kmeans")]
+    pub init: LearnedInit,
     /// Hide progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -183,6 +188,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         restarts: a.restarts,
         iterations: a.iterations,
         progress: !a.quiet,
+        init: a.init,
     };
     let opt = optimize(&input, &o)?;
     println!(
@@ -203,6 +209,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         },
         shapes.join(" ")
     );
+    println!("\nmmdetection config:\n{}", opt.mmdet);
     let cfg = GridConfig::default();
     let def = evaluate(
         &input,
@@ -214,6 +221,29 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let best = evaluate(&input, "optimized", &opt.prior, &a.strides, &cfg)?;
     println!();
     print!("{}", table(&[&def, &best], a.assigner));
+    if let Some(p) = &a.plot {
+        let (w, h) = input.wh();
+        let mark = |r: &anchorkit::anchor_opt::run::SetReport| -> Vec<Vec<[f32; 2]>> {
+            anchorkit::anchor_opt::AnchorSet::from_spec(&r.prior, &r.strides)
+                .map(|s| (0..s.strides.len()).map(|l| s.shapes(l)).collect())
+                .unwrap_or_default()
+        };
+        let sets = [
+            plot::Marked {
+                label: "default anchors",
+                per_level: mark(&def),
+                color: plotters::style::RGBColor(200, 30, 30),
+            },
+            plot::Marked {
+                label: "optimized anchors",
+                per_level: mark(&best),
+                color: plotters::style::RGBColor(20, 140, 40),
+            },
+        ];
+        let title = format!("{} boxes, {:?} (k = {k})", input.len(), opt.method);
+        plot::plot(p, &w, &h, &sets, &title)?;
+        println!("wrote plot {}", p.display());
+    }
     if let Some(p) = &a.write_spec {
         let frag = serde_json::json!({ "priors": opt.prior, "strides": a.strides });
         write_atomic(p, serde_json::to_string_pretty(&frag)?.as_bytes())?;

@@ -1,0 +1,278 @@
+//! Differential evolution over the RetinaNet anchor parameterization (martinzlocha/
+//! anchor-optimization, Zlocha et al. 2019; `reference/mmdet-inference.md` section 7.4): ratios
+//! `[1, r_1, 1/r_1, ...]` (h/w, `r_i` in (1, 4)) and scales `s_j` in (0.4, 2) on the base size
+//! `octave_base_scale * stride`, so the anchor of ratio `r` and scale `s` at stride `t` is
+//! `w = b s / sqrt(r)`, `h = b s sqrt(r)` with `b = octave_base_scale * t` and A = ratios x
+//! scales is unchanged (mmdet `AnchorGenerator(scales=[b s_j], ratios=...)`).
+//!
+//! The optimizer is scipy's `differential_evolution` as that tool calls it: `best1bin`, Latin
+//! hypercube init, population `15 x D`, mutation 0.5, recombination 0.7, `tol = 0.01`
+//! (stop when `std(energies) <= tol * |mean(energies)|`), at most 1000 generations, then a
+//! local polish (scipy: L-BFGS-B; here a bounded pattern search, derivative free). Trials of a
+//! generation are built from the current population and evaluated in parallel (scipy's
+//! `updating='deferred'`, which the tool uses with `--threads`). Out-of-bounds trial values
+//! are redrawn uniformly, as scipy does. Objectives on the best centred IoU `m` over all levels:
+//! `focal` (default) `mean(-(1-m)^2 ln m)`, `avg` `1 - mean m`, `ce` `mean(-ln m)`.
+
+use super::kmeans::sub_seed;
+use super::objective::ShapeProblem;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// Zlocha objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeObjective {
+    Focal,
+    Avg,
+    Ce,
+}
+
+/// Settings (the tool's defaults).
+#[derive(Debug, Clone)]
+pub struct DeConfig {
+    /// Ratio pairs m (ratios = 2m + 1).
+    pub ratio_pairs: usize,
+    /// Scales S.
+    pub scales: usize,
+    pub octave_base_scale: f64,
+    pub objective: DeObjective,
+    pub popsize: usize,
+    pub mutation: f64,
+    pub recombination: f64,
+    pub tol: f64,
+    pub max_generations: usize,
+    pub polish: bool,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+impl Default for DeConfig {
+    fn default() -> Self {
+        DeConfig {
+            ratio_pairs: 1,
+            scales: 3,
+            octave_base_scale: 4.0,
+            objective: DeObjective::Focal,
+            popsize: 15,
+            mutation: 0.5,
+            recombination: 0.7,
+            tol: 0.01,
+            max_generations: 1000,
+            polish: true,
+            seed: 0,
+            progress: false,
+        }
+    }
+}
+
+/// Result of [`de`].
+#[derive(Debug, Clone, Serialize)]
+pub struct DeResult {
+    /// Ratios (h/w), ascending.
+    pub ratios: Vec<f64>,
+    /// Scales relative to the base size `octave_base_scale * stride` (Zlocha's `scales`).
+    pub scales: Vec<f64>,
+    /// Objective value (lower is better).
+    pub value: f64,
+    /// Objective before the polish.
+    pub value_de: f64,
+    pub generations: usize,
+    pub evaluations: usize,
+    pub converged: bool,
+    pub seed: u64,
+}
+
+const R_LO: f64 = 1.0;
+const R_HI: f64 = 4.0;
+const S_LO: f64 = 0.4;
+const S_HI: f64 = 2.0;
+
+impl DeConfig {
+    fn dims(&self) -> usize {
+        self.ratio_pairs + self.scales
+    }
+    fn bounds(&self, d: usize) -> (f64, f64) {
+        if d < self.ratio_pairs {
+            (R_LO, R_HI)
+        } else {
+            (S_LO, S_HI)
+        }
+    }
+    /// Ratios and scales of a parameter vector in real units.
+    pub fn decode(&self, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let mut ratios = vec![1.0];
+        for &r in &x[..self.ratio_pairs] {
+            ratios.push(r);
+            ratios.push(1.0 / r);
+        }
+        ratios.sort_by(f64::total_cmp);
+        (ratios, x[self.ratio_pairs..].to_vec())
+    }
+}
+
+/// Shapes (stride units, ratio-major like mmdet) of ratios x scales.
+pub fn product_shapes(ratios: &[f64], scales: &[f64], octave_base_scale: f64) -> Vec<[f32; 2]> {
+    let mut v = Vec::with_capacity(ratios.len() * scales.len());
+    for &r in ratios {
+        for &s in scales {
+            let b = octave_base_scale * s;
+            v.push([(b / r.sqrt()) as f32, (b * r.sqrt()) as f32]);
+        }
+    }
+    v
+}
+
+/// Objective of ratios x scales on the problem (sequential; callers parallelize over members).
+pub fn objective(p: &ShapeProblem, shapes: &[[f32; 2]], obj: DeObjective) -> f64 {
+    let n = p.len().max(1) as f64;
+    match obj {
+        DeObjective::Focal => {
+            p.sum_best_seq(shapes, false, |m| {
+                let m = (m as f64).max(1e-12);
+                -(1.0 - m).powi(2) * m.ln()
+            }) / n
+        }
+        DeObjective::Avg => 1.0 - p.sum_best_seq(shapes, false, |m| m as f64) / n,
+        DeObjective::Ce => p.sum_best_seq(shapes, false, |m| -((m as f64).max(1e-12)).ln()) / n,
+    }
+}
+
+/// Run the differential evolution. `p` must be an fpn-layout problem.
+pub fn de(p: &ShapeProblem, cfg: &DeConfig) -> DeResult {
+    let d = cfg.dims();
+    let np = (cfg.popsize * d).max(5);
+    let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, 77));
+    // Latin hypercube in the unit cube
+    let mut pop = vec![vec![0.0f64; d]; np];
+    #[allow(clippy::needless_range_loop)]
+    for j in 0..d {
+        let mut perm: Vec<usize> = (0..np).collect();
+        for i in (1..np).rev() {
+            perm.swap(i, rng.random_range(0..=i));
+        }
+        for i in 0..np {
+            pop[i][j] = (perm[i] as f64 + rng.random::<f64>()) / np as f64;
+        }
+    }
+    let scale = |u: &[f64]| -> Vec<f64> {
+        u.iter()
+            .enumerate()
+            .map(|(j, &v)| {
+                let (lo, hi) = cfg.bounds(j);
+                lo + v * (hi - lo)
+            })
+            .collect()
+    };
+    let energy = |u: &[f64]| -> f64 {
+        let (r, s) = cfg.decode(&scale(u));
+        objective(
+            p,
+            &product_shapes(&r, &s, cfg.octave_base_scale),
+            cfg.objective,
+        )
+    };
+    let mut en: Vec<f64> = pop.par_iter().map(|u| energy(u)).collect();
+    let mut evals = np;
+    let bar = super::run::progress_bar(
+        cfg.max_generations as u64,
+        "differential evolution",
+        cfg.progress,
+    );
+    let mut generations = 0;
+    let mut converged = false;
+    for g in 0..cfg.max_generations {
+        let best = (0..np)
+            .min_by(|&a, &b| en[a].total_cmp(&en[b]))
+            .unwrap_or(0);
+        let mut grng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, 100_000 + g as u64));
+        let trials: Vec<Vec<f64>> = (0..np)
+            .map(|i| {
+                let (mut r0, mut r1);
+                loop {
+                    r0 = grng.random_range(0..np);
+                    if r0 != i {
+                        break;
+                    }
+                }
+                loop {
+                    r1 = grng.random_range(0..np);
+                    if r1 != i && r1 != r0 {
+                        break;
+                    }
+                }
+                let fill = grng.random_range(0..d);
+                let mut t = pop[i].clone();
+                for j in 0..d {
+                    if j == fill || grng.random::<f64>() < cfg.recombination {
+                        t[j] = pop[best][j] + cfg.mutation * (pop[r0][j] - pop[r1][j]);
+                    }
+                }
+                for v in t.iter_mut() {
+                    if !(0.0..=1.0).contains(v) {
+                        *v = grng.random::<f64>();
+                    }
+                }
+                t
+            })
+            .collect();
+        let te: Vec<f64> = trials.par_iter().map(|u| energy(u)).collect();
+        evals += np;
+        for i in 0..np {
+            if te[i] <= en[i] {
+                en[i] = te[i];
+                pop[i] = trials[i].clone();
+            }
+        }
+        generations = g + 1;
+        bar.inc(1);
+        let mean = en.iter().sum::<f64>() / np as f64;
+        let sd = (en.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / np as f64).sqrt();
+        if sd <= cfg.tol * mean.abs() {
+            converged = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let best = (0..np)
+        .min_by(|&a, &b| en[a].total_cmp(&en[b]))
+        .unwrap_or(0);
+    let mut x = pop[best].clone();
+    let mut fx = en[best];
+    let value_de = fx;
+    if cfg.polish {
+        let mut step = 0.02f64;
+        while step > 1e-6 {
+            let mut improved = false;
+            for j in 0..d {
+                for sgn in [1.0, -1.0] {
+                    let mut y = x.clone();
+                    y[j] = (y[j] + sgn * step).clamp(0.0, 1.0);
+                    let fy = energy(&y);
+                    evals += 1;
+                    if fy < fx {
+                        x = y;
+                        fx = fy;
+                        improved = true;
+                    }
+                }
+            }
+            if !improved {
+                step *= 0.5;
+            }
+        }
+    }
+    let (ratios, scales) = cfg.decode(&scale(&x));
+    DeResult {
+        ratios,
+        scales,
+        value: fx,
+        value_de,
+        generations,
+        evaluations: evals,
+        converged,
+        seed: cfg.seed,
+    }
+}
