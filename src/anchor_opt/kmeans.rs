@@ -35,7 +35,7 @@ impl Default for KmeansConfig {
         KmeansConfig {
             k: 9,
             restarts: 8,
-            max_iter: 300,
+            max_iter: 100,
             polish: true,
             seed: 0,
             ref_scale: 4.0 * std::f32::consts::SQRT_2,
@@ -116,12 +116,16 @@ fn seed_pp(p: &ShapeProblem, k: usize, ref_scale: f32, rng: &mut ChaCha8Rng) -> 
 fn lloyd(p: &ShapeProblem, centers: &mut [[f32; 2]], max_iter: usize) -> usize {
     let k = centers.len();
     let mut prev: Vec<(u32, u8)> = Vec::new();
+    let mut prev_iou = -1.0f64;
     for it in 0..max_iter {
         let asg = p.assign(centers, false);
         let cur: Vec<(u32, u8)> = asg.iter().map(|m| (m.shape, m.level)).collect();
-        if cur == prev {
+        let iou = asg.iter().map(|m| m.value as f64).sum::<f64>() / asg.len().max(1) as f64;
+        // converged: no reassignment, or the mean IoU stalls (Lloyd can cycle on ties)
+        if cur == prev || (iou - prev_iou).abs() < 1e-7 {
             return it;
         }
+        prev_iou = iou;
         let sums = member_sums(p, &asg, k);
         for (c, s) in sums.iter().enumerate() {
             if s.2 > 0.0 {
@@ -191,7 +195,7 @@ pub fn iou_center(members: &[[f32; 2]], start: [f32; 2]) -> [f32; 2] {
     };
     let mut x = [(start[0] as f64).ln(), (start[1] as f64).ln()];
     let mut fx = f(x);
-    let mut step = 0.05f64;
+    let mut step = 0.02f64;
     const DIRS: [[f64; 2]; 8] = [
         [1.0, 0.0],
         [-1.0, 0.0],
@@ -215,7 +219,7 @@ pub fn iou_center(members: &[[f32; 2]], start: [f32; 2]) -> [f32; 2] {
         }
         if !improved {
             step *= 0.5;
-            if step < 1e-5 {
+            if step < 1e-4 {
                 break;
             }
         }
@@ -240,7 +244,7 @@ pub fn polish(p: &ShapeProblem, centers: &mut [[f32; 2]], rounds: usize) -> f64 
             .map(|(m, &c)| iou_center(m, c))
             .collect();
         let val = p.mean_best_iou(&new);
-        if val > cur + 1e-9 {
+        if val > cur + 1e-8 {
             centers.copy_from_slice(&new);
             cur = val;
         } else {
@@ -278,7 +282,7 @@ pub fn kmeans(p: &ShapeProblem, cfg: &KmeansConfig) -> KmeansResult {
     }
     let (lloyd_v, mut c, it) = best.expect("at least one restart");
     let v = if cfg.polish {
-        polish(p, &mut c, 30)
+        polish(p, &mut c, 10)
     } else {
         lloyd_v
     };

@@ -36,6 +36,34 @@ pub fn ratio_wh(bw: f32, bh: f32, aw: f32, ah: f32) -> f32 {
     rw.min(1.0 / rw).min(rh.min(1.0 / rh))
 }
 
+/// Shapes in SoA form with reciprocals and areas, built once per evaluation.
+struct ShapeTable {
+    w: Vec<f32>,
+    h: Vec<f32>,
+    iw: Vec<f32>,
+    ih: Vec<f32>,
+    a: Vec<f32>,
+    amin: f32,
+    amax: f32,
+}
+
+impl ShapeTable {
+    fn new(shapes: &[[f32; 2]]) -> Self {
+        let w: Vec<f32> = shapes.iter().map(|s| s[0]).collect();
+        let h: Vec<f32> = shapes.iter().map(|s| s[1]).collect();
+        let a: Vec<f32> = shapes.iter().map(|s| s[0] * s[1]).collect();
+        ShapeTable {
+            iw: w.iter().map(|v| 1.0 / v).collect(),
+            ih: h.iter().map(|v| 1.0 / v).collect(),
+            amin: a.iter().cloned().fold(f32::INFINITY, f32::min),
+            amax: a.iter().cloned().fold(0.0, f32::max),
+            w,
+            h,
+            a,
+        }
+    }
+}
+
 /// The boxes of a shape-optimization problem.
 #[derive(Debug, Clone)]
 pub struct ShapeProblem {
@@ -96,28 +124,29 @@ impl ShapeProblem {
     }
 
     /// Best match of box `i` over shapes and levels, for IoU (`ratio = false`) or the YOLOv5
-    /// ratio metric (`ratio = true`). `areas` are the shape areas, `amin`/`amax` their range.
+    /// ratio metric (`ratio = true`). `t` is the precomputed shape table.
     #[inline]
-    fn best_one(&self, i: usize, shapes: &[[f32; 2]], rng: (f32, f32), ratio: bool) -> Match {
-        let (amin, amax) = rng;
+    fn best_one(&self, i: usize, t: &ShapeTable, ratio: bool) -> Match {
+        let (amin, amax) = (t.amin, t.amax);
         let mut best = Match {
             shape: 0,
             level: 0,
             value: -1.0,
         };
-        let nl = self.inv_strides.len();
+        let nl = self.inv_strides.len().min(8);
+        let area = self.w[i] * self.h[i];
         let mut bounds = [0f32; 8];
-        for (l, &inv) in self.inv_strides.iter().enumerate().take(8) {
-            let a = self.w[i] * inv * self.h[i] * inv;
+        for (l, &inv) in self.inv_strides.iter().enumerate().take(nl) {
+            let a = area * inv * inv;
             let b = a.min(amax) / a.max(amin);
             bounds[l] = if ratio { b.sqrt() } else { b };
         }
         let mut done = 0u32;
-        for _ in 0..nl.min(8) {
+        for _ in 0..nl {
             // next level by descending bound
             let mut lb = usize::MAX;
             let mut bv = -1.0f32;
-            for (l, &b) in bounds.iter().enumerate().take(nl.min(8)) {
+            for (l, &b) in bounds.iter().enumerate().take(nl) {
                 if done & (1 << l) == 0 && b > bv {
                     bv = b;
                     lb = l;
@@ -129,34 +158,51 @@ impl ShapeProblem {
             done |= 1 << lb;
             let inv = self.inv_strides[lb];
             let (bw, bh) = (self.w[i] * inv, self.h[i] * inv);
-            for (k, s) in shapes.iter().enumerate() {
-                let v = if ratio {
-                    ratio_wh(bw, bh, s[0], s[1])
-                } else {
-                    iou_wh(bw, bh, s[0], s[1])
-                };
-                if v > best.value {
-                    best = Match {
-                        shape: k as u32,
-                        level: lb as u8,
-                        value: v,
-                    };
+            if ratio {
+                let (ibw, ibh) = (1.0 / bw, 1.0 / bh);
+                for k in 0..t.w.len() {
+                    let rw = bw * t.iw[k];
+                    let rh = bh * t.ih[k];
+                    let v = rw.min(t.w[k] * ibw).min(rh.min(t.h[k] * ibh));
+                    if v > best.value {
+                        best = Match {
+                            shape: k as u32,
+                            level: lb as u8,
+                            value: v,
+                        };
+                    }
+                }
+            } else {
+                // compare inter / union by cross-multiplication; one division at the end
+                let ba = bw * bh;
+                let (mut bn, mut bd, mut bk) = (0.0f32, 1.0f32, usize::MAX);
+                for k in 0..t.w.len() {
+                    let inter = bw.min(t.w[k]) * bh.min(t.h[k]);
+                    let union = ba + t.a[k] - inter;
+                    if inter * bd > bn * union {
+                        bn = inter;
+                        bd = union;
+                        bk = k;
+                    }
+                }
+                if bk != usize::MAX {
+                    let v = bn / bd;
+                    if v > best.value {
+                        best = Match {
+                            shape: bk as u32,
+                            level: lb as u8,
+                            value: v,
+                        };
+                    }
                 }
             }
         }
         best
     }
 
-    fn area_range(shapes: &[[f32; 2]]) -> (f32, f32) {
-        shapes.iter().fold((f32::INFINITY, 0f32), |(lo, hi), s| {
-            let a = s[0] * s[1];
-            (lo.min(a), hi.max(a))
-        })
-    }
-
     /// Best match of every box (IoU or ratio metric).
     pub fn assign(&self, shapes: &[[f32; 2]], ratio: bool) -> Vec<Match> {
-        let rng = Self::area_range(shapes);
+        let rng = ShapeTable::new(shapes);
         let mut out = vec![
             Match {
                 shape: 0,
@@ -167,7 +213,7 @@ impl ShapeProblem {
         ];
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
             for (j, m) in o.iter_mut().enumerate() {
-                *m = self.best_one(c * CHUNK + j, shapes, rng, ratio);
+                *m = self.best_one(c * CHUNK + j, &rng, ratio);
             }
         });
         out
@@ -175,14 +221,14 @@ impl ShapeProblem {
 
     /// Sum over boxes of `f(best value)` in f64, deterministic.
     pub fn sum_best(&self, shapes: &[[f32; 2]], ratio: bool, f: impl Fn(f32) -> f64 + Sync) -> f64 {
-        let rng = Self::area_range(shapes);
+        let rng = ShapeTable::new(shapes);
         let n = self.len();
         let parts: Vec<f64> = (0..n.div_ceil(CHUNK))
             .into_par_iter()
             .map(|c| {
                 let mut s = 0.0f64;
                 for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                    s += f(self.best_one(i, shapes, rng, ratio).value);
+                    s += f(self.best_one(i, &rng, ratio).value);
                 }
                 s
             })
@@ -193,12 +239,12 @@ impl ShapeProblem {
     /// Sum over boxes of `f(best value)`, single-threaded (for callers that parallelize over
     /// candidates instead, e.g. differential evolution).
     pub fn sum_best_seq(&self, shapes: &[[f32; 2]], ratio: bool, f: impl Fn(f32) -> f64) -> f64 {
-        let rng = Self::area_range(shapes);
+        let rng = ShapeTable::new(shapes);
         let mut total = 0.0f64;
         for c in 0..self.len().div_ceil(CHUNK) {
             let mut s = 0.0f64;
             for i in c * CHUNK..((c + 1) * CHUNK).min(self.len()) {
-                s += f(self.best_one(i, shapes, rng, ratio).value);
+                s += f(self.best_one(i, &rng, ratio).value);
             }
             total += s;
         }
