@@ -271,6 +271,60 @@ impl Detector {
     }
 }
 
+impl Detector {
+    /// Inference + post-processing of a tensor preprocessed elsewhere (e.g. by a worker
+    /// thread's own [`Preprocessor`] in `bench --pipeline`): `tensor` is `[1, 3, meta.input_h,
+    /// meta.input_w]` f32 as [`Preprocessor::tensor`] lays it out. Reads the head outputs in
+    /// place like [`Self::detect_timed`]; `StageTimes::preprocess` is zero.
+    ///
+    /// Errors: [`Error::InvalidInput`] when `tensor` has the wrong length; [`Error::Runtime`]
+    /// from ONNX Runtime or an output that is not f32; post-processing errors.
+    pub fn detect_prepared(
+        &mut self,
+        tensor: &[f32],
+        meta: &ImageMeta,
+    ) -> Result<(Vec<Detection>, StageTimes)> {
+        let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
+        if tensor.len() != shape.iter().product::<usize>() {
+            return Err(Error::InvalidInput(format!(
+                "input tensor has {} values, expected {shape:?}",
+                tensor.len()
+            )));
+        }
+        let t1 = Instant::now();
+        let input = TensorRef::from_array_view((shape, tensor))
+            .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
+        let model = &self.model;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.spec.input.name.as_str() => input])
+            .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))?;
+        let t2 = Instant::now();
+        let mut views = Vec::with_capacity(self.outs.len());
+        for o in &self.outs {
+            let v = outputs.get(&o.name).ok_or_else(|| {
+                Error::Runtime(format!("output {:?} missing from the run", o.name))
+            })?;
+            let (shape, data) = v
+                .try_extract_tensor::<f32>()
+                .map_err(|e| Error::Runtime(format!("output {:?}: {e}", o.name)))?;
+            views.push(OutView {
+                name: &o.name,
+                shape,
+                data,
+            });
+        }
+        let levels = slice_levels(&self.spec, &self.level_base, &views, meta)?;
+        let dets = postprocess::postprocess(&self.spec, &levels, meta)?;
+        let times = StageTimes {
+            preprocess: Duration::ZERO,
+            infer: t2 - t1,
+            postprocess: t2.elapsed(),
+        };
+        Ok((dets, times))
+    }
+}
+
 /// Borrowed view of one output tensor.
 struct OutView<'a> {
     name: &'a str,

@@ -78,3 +78,132 @@ fn gpu_providers_fail_fast_without_a_gpu() {
         assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
     }
 }
+
+fn anchorkit() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_anchorkit"))
+}
+
+#[test]
+fn bench_cli_sequential_pipeline_and_baseline() {
+    let Some((model, spec)) = nanodet() else {
+        return;
+    };
+    if !runtime_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A directory with one good image and one corrupt file: the bad one is reported, skipped.
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    bench::synthetic_image(200, 150)
+        .save(imgs.join("a.png"))
+        .unwrap();
+    std::fs::write(imgs.join("b.jpg"), b"not a jpeg").unwrap();
+    let j1 = dir.path().join("seq.json");
+    let out = anchorkit()
+        .args(["bench", "--model"])
+        .arg(&model)
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--images")
+        .arg(&imgs)
+        .args(["--threads", "1", "--warmup", "1", "--iters", "4", "--json"])
+        .arg(&j1)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("b.jpg"), "bad file not reported: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("end_to_end") && stdout.contains("p99.9"),
+        "{stdout}"
+    );
+    let r = bench::read_report(&j1).unwrap();
+    assert_eq!(r.iters, 4);
+    for st in bench::STAGES {
+        assert_eq!(r.stages[st].count, 4, "{st}");
+        assert!(r.stages[st].p50_ms > 0.0, "{st}");
+    }
+    let e2e = r.stages["end_to_end"].mean_ms;
+    let parts: f64 = ["decode", "preprocess", "inference", "postprocess"]
+        .iter()
+        .map(|s| r.stages[*s].mean_ms)
+        .sum();
+    assert!(
+        (e2e - parts).abs() < 0.05 * e2e + 0.05,
+        "e2e {e2e} vs sum {parts}"
+    );
+    assert!(r.one_time["session_create_ms"] > 0.0);
+    assert_eq!(r.ep_check[0].provider, "CPUExecutionProvider");
+    assert!(r.bare_run.as_ref().unwrap().throughput_ips > 0.0);
+
+    let j2 = dir.path().join("pipe.json");
+    let out = anchorkit()
+        .args(["bench", "--model"])
+        .arg(&model)
+        .arg("--spec")
+        .arg(&spec)
+        .args(["--synthetic", "320x240", "--threads", "1", "--warmup", "2"])
+        .args(["--iters", "6", "--pipeline", "--workers", "2", "--json"])
+        .arg(&j2)
+        .arg("--baseline")
+        .arg(&j1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("vs baseline") && stdout.contains("throughput"),
+        "{stdout}"
+    );
+    let r = bench::read_report(&j2).unwrap();
+    assert_eq!(r.stages["inference"].count, 6);
+    assert!(r.mode.starts_with("pipeline"));
+}
+
+#[test]
+fn bench_cli_gpu_eps_fail_fast_and_bad_args() {
+    let Some((model, spec)) = nanodet() else {
+        return;
+    };
+    if !runtime_ok() {
+        return;
+    }
+    for ep in ["cuda", "tensorrt"] {
+        let t = std::time::Instant::now();
+        let out = anchorkit()
+            .args(["bench", "--model"])
+            .arg(&model)
+            .arg("--spec")
+            .arg(&spec)
+            .args(["--synthetic", "320x320", "--iters", "2", "--ep", ep])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--ep {ep} must not run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("ExecutionProvider") && err.contains("Not falling back to CPU"),
+            "{err}"
+        );
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "--ep {ep} took {:?}",
+            t.elapsed()
+        );
+    }
+    let out = anchorkit()
+        .args(["bench", "--model"])
+        .arg(&model)
+        .arg("--spec")
+        .arg(&spec)
+        .args(["--synthetic", "320"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WIDTHxHEIGHT"));
+}

@@ -1,10 +1,489 @@
-//! (being written)
+//! `anchorkit bench`: per-stage latency (decode, preprocess, inference, postprocess,
+//! end-to-end) with HDR percentiles, throughput, one-time costs apart, bare `Session::run`
+//! throughput, the execution provider verified from ONNX Runtime's profile, and ratios against
+//! an earlier report (`--baseline`, e.g. `tools/bench_baseline.py --json`).
 
+use super::RuntimeArgs;
+use anchorkit::bench::{self, BenchReport, Plan, Recorder};
+use anchorkit::detector::Detector;
+use anchorkit::preprocess::{self, ImageMeta, Preprocessor};
+use anchorkit::runtime::{self, Ep};
+use anchorkit::spec::DetectorSpec;
+use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+/// Measure per-stage latency and throughput of a detector.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// ONNX model (default: the project's default model, as `detect`).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Detector spec JSON (overrides the ONNX metadata / sidecar).
+    #[arg(long, value_name = "FILE")]
+    spec: Option<PathBuf>,
+    /// Directory of images (cycled in sorted order; files are read into memory first, so
+    /// `decode` measures decoding, not disk I/O).
+    #[arg(long, value_name = "DIR", conflicts_with = "synthetic")]
+    images: Option<PathBuf>,
+    /// A synthetic WIDTHxHEIGHT image (fixed pattern, JPEG-encoded in memory).
+    #[arg(long, value_name = "WxH", default_value = "640x480")]
+    synthetic: String,
+    #[command(flatten)]
+    rt: RuntimeArgs,
+    /// Images per `Session::run` in the bare-inference measurement (the graph must accept a
+    /// dynamic batch); the pipeline stages run per image.
+    #[arg(long, default_value_t = 1, value_name = "B")]
+    batch: usize,
+    /// Unmeasured iterations first (the first one is reported as a one-time cost).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    warmup: usize,
+    /// Measured iterations.
+    #[arg(
+        long,
+        default_value_t = 100,
+        value_name = "N",
+        conflicts_with = "duration"
+    )]
+    iters: usize,
+    /// Measure for S seconds instead of a count.
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+    /// Decode and preprocess the next images on worker threads while inference runs.
+    #[arg(long)]
+    pipeline: bool,
+    /// Worker threads for `--pipeline`.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers: usize,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Print ratios against an earlier JSON report (anchorkit or tools/bench_baseline.py).
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+    /// Fail if any node ran on the CPU provider when a GPU provider was requested.
+    #[arg(long)]
+    strict_ep: bool,
+    /// Skip the bare `Session::run` measurement.
+    #[arg(long)]
+    no_bare: bool,
+    /// TensorRT: build FP16 engines.
+    #[arg(long)]
+    fp16: bool,
+    /// TensorRT engine and timing cache directory (default: user cache dir/anchorkit/trt).
+    #[arg(long, value_name = "DIR")]
+    trt_cache: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not available yet")
+/// Encoded image bytes held in memory.
+struct Blob {
+    name: PathBuf,
+    bytes: Vec<u8>,
+}
+
+fn load_blobs(args: &Args) -> anyhow::Result<(Vec<Blob>, String)> {
+    if let Some(dir) = &args.images {
+        let rd = std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))?;
+        let mut files: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        matches!(
+                            e.to_ascii_lowercase().as_str(),
+                            "jpg" | "jpeg" | "png" | "bmp" | "webp" | "tif" | "tiff"
+                        )
+                    })
+            })
+            .collect();
+        files.sort();
+        let mut blobs = Vec::new();
+        for f in files {
+            // One bad file is reported and skipped; the rest go on.
+            let bytes = match std::fs::read(&f) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("anchorkit: skipping {}: {e}", f.display());
+                    continue;
+                }
+            };
+            if let Err(e) = preprocess::decode_image(&bytes, &f, true) {
+                eprintln!("anchorkit: skipping {e}");
+                continue;
+            }
+            blobs.push(Blob { name: f, bytes });
+        }
+        if blobs.is_empty() {
+            bail!("{}: no decodable images", dir.display());
+        }
+        let src = format!("{} ({} images)", dir.display(), blobs.len());
+        return Ok((blobs, src));
+    }
+    let (w, h) = bench::parse_wxh(&args.synthetic)?;
+    let bytes = bench::encode_jpeg(&bench::synthetic_image(w, h))?;
+    Ok((
+        vec![Blob {
+            name: PathBuf::from(format!("synthetic_{w}x{h}.jpg")),
+            bytes,
+        }],
+        format!("synthetic {w}x{h}"),
+    ))
+}
+
+/// The spec without building a GPU session (TensorRT needs the profile shapes before the
+/// session exists): `--spec`, a sidecar, else the ONNX metadata read through a CPU session.
+fn spec_for_profile(
+    model: &Path,
+    spec: Option<&Path>,
+    rt: &RuntimeArgs,
+) -> anyhow::Result<DetectorSpec> {
+    if let Ok((s, _)) = anchorkit::spec::resolve(model, spec, None) {
+        return Ok(s);
+    }
+    let mut o = rt.options();
+    o.ep = Ep::Cpu;
+    let (session, _) = runtime::session(model, &o)?;
+    let meta = runtime::metadata_spec(&session);
+    Ok(anchorkit::spec::resolve(model, spec, meta.as_deref())?.0)
+}
+
+#[derive(Default)]
+struct Recs {
+    decode: Recorder,
+    pre: Recorder,
+    infer: Recorder,
+    post: Recorder,
+    e2e: Recorder,
+}
+
+impl Recs {
+    fn into_map(self) -> BTreeMap<String, bench::StageStats> {
+        let mut m = BTreeMap::new();
+        for (k, r) in [
+            ("decode", self.decode),
+            ("preprocess", self.pre),
+            ("inference", self.infer),
+            ("postprocess", self.post),
+            ("end_to_end", self.e2e),
+        ] {
+            if !r.is_empty() {
+                m.insert(k.to_string(), r.stats());
+            }
+        }
+        m
+    }
+}
+
+/// Result of the timed loop.
+struct Measured {
+    recs: Recs,
+    n: usize,
+    wall: Duration,
+    first: Duration,
+    detections: usize,
+}
+
+fn sequential(det: &mut Detector, blobs: &[Blob], plan: Plan) -> anyhow::Result<Measured> {
+    let exif = det.spec().input.exif_orientation;
+    let mut recs = Recs::default();
+    let mut first = Duration::ZERO;
+    let mut detections = 0usize;
+    let mut i = 0usize;
+    let mut n = 0usize;
+    let mut start = Instant::now();
+    loop {
+        if i == plan.warmup {
+            start = Instant::now();
+        }
+        if i >= plan.warmup && plan.done(n, start) {
+            break;
+        }
+        let b = &blobs[i % blobs.len()];
+        let t0 = Instant::now();
+        let img = preprocess::decode_image(&b.bytes, &b.name, exif)?;
+        let t1 = Instant::now();
+        // Outputs are read in place (no copy), as `detect` does.
+        let (_, dets, st) = det.detect_timed(&img)?;
+        let t4 = Instant::now();
+        if i == 0 {
+            first = t4 - t0;
+        }
+        if i >= plan.warmup {
+            recs.decode.record(t1 - t0);
+            recs.pre.record(st.preprocess);
+            recs.infer.record(st.infer);
+            recs.post.record(st.postprocess);
+            recs.e2e.record(t4 - t0);
+            detections += dets.len();
+            n += 1;
+        }
+        i += 1;
+    }
+    Ok(Measured {
+        recs,
+        n,
+        wall: start.elapsed(),
+        first,
+        detections,
+    })
+}
+
+/// A preprocessed image coming from a worker.
+struct Prepared {
+    tensor: Vec<f32>,
+    meta: ImageMeta,
+    t_start: Instant,
+    decode: Duration,
+    pre: Duration,
+}
+
+/// Decode + preprocess on `workers` threads (each with its own [`Preprocessor`] and recycled
+/// tensor buffers), inference + postprocess on this thread; a bounded queue of 2 per worker
+/// keeps the workers just ahead of inference.
+fn pipelined(
+    det: &mut Detector,
+    blobs: &[Blob],
+    plan: Plan,
+    workers: usize,
+) -> anyhow::Result<Measured> {
+    let input = det.spec().input.clone();
+    let exif = input.exif_orientation;
+    let workers = workers.max(1);
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<usize>(workers * 2);
+    let (res_tx, res_rx) = crossbeam_channel::bounded::<anyhow::Result<Prepared>>(workers * 2);
+    let (buf_tx, buf_rx) = crossbeam_channel::unbounded::<Vec<f32>>();
+    let stop = AtomicBool::new(false);
+    let mut recs = Recs::default();
+    let mut first = Duration::ZERO;
+    let mut detections = 0usize;
+    let mut n = 0usize;
+    let mut wall = Duration::ZERO;
+    let result: anyhow::Result<()> = std::thread::scope(|s| {
+        let stop = &stop;
+        s.spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                if job_tx.send(i).is_err() {
+                    break;
+                }
+                i += 1;
+            }
+        });
+        for _ in 0..workers {
+            let (job_rx, res_tx, buf_rx, input) = (
+                job_rx.clone(),
+                res_tx.clone(),
+                buf_rx.clone(),
+                input.clone(),
+            );
+            s.spawn(move || {
+                let mut pre = Preprocessor::new(&input);
+                for i in job_rx {
+                    let b = &blobs[i % blobs.len()];
+                    let t0 = Instant::now();
+                    let r = (|| -> anyhow::Result<Prepared> {
+                        let img = preprocess::decode_image(&b.bytes, &b.name, exif)?;
+                        let t1 = Instant::now();
+                        let meta = pre.run(&img)?;
+                        let mut tensor = buf_rx.try_recv().unwrap_or_default();
+                        tensor.clear();
+                        tensor.extend_from_slice(pre.tensor());
+                        Ok(Prepared {
+                            tensor,
+                            meta,
+                            t_start: t0,
+                            decode: t1 - t0,
+                            pre: t1.elapsed(),
+                        })
+                    })();
+                    if res_tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop((res_tx, job_rx, buf_rx));
+        let mut i = 0usize;
+        let mut start = Instant::now();
+        let out = (|| -> anyhow::Result<()> {
+            loop {
+                if i == plan.warmup {
+                    start = Instant::now();
+                }
+                if i >= plan.warmup && plan.done(n, start) {
+                    break;
+                }
+                let p = res_rx.recv().context("pipeline workers stopped")??;
+                let (dets, st) = det.detect_prepared(&p.tensor, &p.meta)?;
+                let t4 = Instant::now();
+                if i == 0 {
+                    first = t4 - p.t_start;
+                }
+                if i >= plan.warmup {
+                    recs.decode.record(p.decode);
+                    recs.pre.record(p.pre);
+                    recs.infer.record(st.infer);
+                    recs.post.record(st.postprocess);
+                    recs.e2e.record(t4 - p.t_start);
+                    detections += dets.len();
+                    n += 1;
+                }
+                let _ = buf_tx.send(p.tensor);
+                i += 1;
+            }
+            wall = start.elapsed();
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        // Unblock the producer and the workers, then let them finish.
+        while res_rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        drop(res_rx);
+        out
+    });
+    result?;
+    Ok(Measured {
+        recs,
+        n,
+        wall,
+        first,
+        detections,
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (model, spec_path) = super::resolve_model(args.model.as_deref(), args.spec.as_deref())?;
+    if args.batch == 0 || args.workers == 0 {
+        bail!("--batch and --workers must be at least 1");
+    }
+    let plan = Plan {
+        warmup: args.warmup,
+        iters: args.iters,
+        duration: match args.duration {
+            Some(s) if !(s > 0.0 && s.is_finite()) => bail!("--duration must be > 0 seconds"),
+            Some(s) => Some(Duration::from_secs_f64(s)),
+            None => None,
+        },
+    };
+    let (blobs, source) = load_blobs(&args)?;
+
+    let t = Instant::now();
+    let rt = runtime::runtime(args.rt.ort_lib.as_deref())?;
+    let lib_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let mut opts = args.rt.options();
+    opts.trt_fp16 = args.fp16;
+    opts.trt_cache = args.trt_cache.clone();
+    if opts.ep == Ep::TensorRt {
+        let spec = spec_for_profile(&model, spec_path.as_deref(), &args.rt)?;
+        let shapes = bench::trt_profile_shapes(&spec, args.batch);
+        eprintln!(
+            "anchorkit: TensorRT profile min {} opt {} max {}; the first run builds the engine \
+             (cached in the TensorRT cache directory)",
+            shapes[0], shapes[1], shapes[2]
+        );
+        opts.trt_profile = Some(shapes);
+    }
+    let t = Instant::now();
+    let mut det = Detector::load(&model, spec_path.as_deref(), &opts)?;
+    let session_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let m = if args.pipeline {
+        pipelined(&mut det, &blobs, plan, args.workers)?
+    } else {
+        sequential(&mut det, &blobs, plan)?
+    };
+
+    // One preprocessed tensor of the first image, for the bare run and the EP profile.
+    let exif = det.spec().input.exif_orientation;
+    let img = preprocess::decode_image(&blobs[0].bytes, &blobs[0].name, exif)?;
+    let meta = det.preprocess(&img)?;
+    let tensor = det.input_tensor().to_vec();
+    let hw = (meta.input_h as usize, meta.input_w as usize);
+    let input_name = det.spec().input.name.clone();
+
+    let bare_run = if args.no_bare {
+        None
+    } else {
+        let (mut session, _) = runtime::session(&model, &opts)?;
+        Some(bench::bare_run(
+            &mut session,
+            &input_name,
+            &tensor,
+            hw,
+            args.batch,
+            plan,
+        )?)
+    };
+    let ep_check = bench::profile_providers(&model, &opts, &input_name, &tensor, hw, 3)?;
+
+    let mut one_time = BTreeMap::new();
+    one_time.insert("library_load_ms".to_string(), lib_ms);
+    one_time.insert("session_create_ms".to_string(), session_ms);
+    one_time.insert(
+        "first_iteration_ms".to_string(),
+        m.first.as_secs_f64() * 1e3,
+    );
+    let mut machine = BTreeMap::new();
+    machine.insert(
+        "cpus".to_string(),
+        serde_json::json!(std::thread::available_parallelism().map_or(0, |n| n.get())),
+    );
+    machine.insert("os".to_string(), serde_json::json!(std::env::consts::OS));
+    machine.insert(
+        "arch".to_string(),
+        serde_json::json!(std::env::consts::ARCH),
+    );
+    let report = BenchReport {
+        tool: format!(
+            "anchorkit {} (ONNX Runtime {})",
+            env!("CARGO_PKG_VERSION"),
+            rt.version
+        ),
+        model: model.display().to_string(),
+        source,
+        ep: opts.ep.to_string(),
+        threads: opts.threads,
+        batch: args.batch,
+        mode: if args.pipeline {
+            format!("pipeline ({} workers)", args.workers)
+        } else {
+            "sequential".to_string()
+        },
+        warmup: plan.warmup,
+        iters: m.n,
+        one_time,
+        stages: m.recs.into_map(),
+        throughput_ips: m.n as f64 / m.wall.as_secs_f64().max(f64::MIN_POSITIVE),
+        detections_per_image: m.detections as f64 / m.n.max(1) as f64,
+        bare_run,
+        ep_check,
+        machine,
+    };
+    print!("{}", report.table());
+    if let Some(p) = &args.baseline {
+        let base = bench::read_report(p)?;
+        print!("{}", report.compare(&base));
+    }
+    if let Some(p) = &args.json {
+        anchorkit::eval::coco::write_json_atomic(p, &report)?;
+    }
+    let requested = opts.ep.ort_name();
+    let off = report
+        .ep_check
+        .iter()
+        .filter(|e| e.provider != requested)
+        .map(|e| e.share)
+        .sum::<f64>();
+    if opts.ep != Ep::Cpu && off > 0.0 {
+        eprintln!(
+            "anchorkit: {:.1}% of node time ran outside {requested}",
+            100.0 * off
+        );
+    }
+    bench::check_ep(requested, &report.ep_check, args.strict_ep)?;
+    Ok(ExitCode::SUCCESS)
 }

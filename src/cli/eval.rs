@@ -1,10 +1,16 @@
 //! `anchorkit eval`: COCO AP/AR identical to pycocotools, on COCO JSON or VOC XML ground truth,
-//! for an existing detections file (COCO results JSON or anchorkit JSONL).
+//! for an existing detections file (COCO results JSON or anchorkit JSONL) or for a model run on
+//! the ground truth's images.
 
-use anchorkit::eval::coco::{self, ClassMapping, CocoGt};
+use super::RuntimeArgs;
+use anchorkit::detector::Detector;
+use anchorkit::eval::coco::{self, ClassMapping, CocoGt, DetRecord};
 use anchorkit::eval::cocoeval;
 use anchorkit::eval::voc::{self, VocCoords};
+use anchorkit::output;
+use anchorkit::preprocess;
 use anyhow::{Context, bail};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -34,8 +40,30 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = VocCoords::AsWritten, requires = "voc")]
     voc_coords: VocCoords,
     /// Detections to score: a COCO results JSON array or anchorkit JSONL (`detect --jsonl`).
-    #[arg(long, value_name = "FILE")]
-    detections: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "model",
+        conflicts_with = "model"
+    )]
+    detections: Option<PathBuf>,
+    /// Run this model on the ground truth's images instead (needs --images).
+    #[arg(long, value_name = "PATH", requires = "images")]
+    model: Option<PathBuf>,
+    /// Detector spec JSON for --model (overrides the ONNX metadata / sidecar).
+    #[arg(long, value_name = "FILE", requires = "model")]
+    spec: Option<PathBuf>,
+    /// Directory holding the ground truth's images (`file_name` relative to it).
+    #[arg(long, value_name = "DIR", requires = "model")]
+    images: Option<PathBuf>,
+    /// With --model: also write the detections as anchorkit JSONL.
+    #[arg(long, value_name = "FILE", requires = "model")]
+    jsonl: Option<PathBuf>,
+    /// With --model: override the spec's score threshold.
+    #[arg(long, value_name = "T", requires = "model")]
+    score_thr: Option<f32>,
+    #[command(flatten)]
+    rt: RuntimeArgs,
     /// How JSONL class ids map to GT categories: by `name`, or by `index` into the categories
     /// sorted by id.
     #[arg(long, value_enum, default_value_t = ClassMapping::Name)]
@@ -76,8 +104,9 @@ fn voc_paths(root: &Path, split: Option<&str>) -> anyhow::Result<(PathBuf, Optio
     Ok((ann, split))
 }
 
-/// Loads the ground truth selected by the arguments.
-fn load_gt(args: &Args) -> anyhow::Result<CocoGt> {
+/// Loads the ground truth selected by the arguments; `model_classes` is the VOC class order
+/// when --classes is absent.
+fn load_gt(args: &Args, model_classes: Option<&[String]>) -> anyhow::Result<CocoGt> {
     if let Some(c) = &args.coco {
         return Ok(coco::read_coco_gt(c)?);
     }
@@ -88,22 +117,154 @@ fn load_gt(args: &Args) -> anyhow::Result<CocoGt> {
     Ok(voc::read_voc(
         &ann,
         split.as_deref(),
-        args.classes.as_deref(),
+        args.classes.as_deref().or(model_classes),
         args.voc_coords,
     )?)
 }
 
+/// Maps model class indices to GT category ids: by name when every class name is a category
+/// name, else by position in ascending category id order (mmdet's convention) when the counts
+/// agree, or as `--class-map index` asks.
+fn class_to_category(
+    classes: &[String],
+    gt: &CocoGt,
+    mapping: ClassMapping,
+) -> anyhow::Result<Vec<i64>> {
+    let mut sorted: Vec<i64> = gt.categories.iter().map(|c| c.id).collect();
+    sorted.sort_unstable();
+    let by_name: HashMap<&str, i64> = gt
+        .categories
+        .iter()
+        .map(|c| (c.name.as_str(), c.id))
+        .collect();
+    if mapping == ClassMapping::Name
+        && let Some(v) = classes
+            .iter()
+            .map(|c| by_name.get(c.as_str()).copied())
+            .collect::<Option<Vec<i64>>>()
+    {
+        return Ok(v);
+    }
+    if sorted.len() == classes.len() {
+        return Ok(sorted);
+    }
+    bail!(
+        "cannot map the model's {} classes onto the ground truth's {} categories (names differ)",
+        classes.len(),
+        sorted.len()
+    )
+}
+
+/// Runs the detector on every ground-truth image; a missing or undecodable image is reported
+/// and counts as an image without detections. Returns the records and the number of failures.
+fn detect_all(
+    args: &Args,
+    det: &mut Detector,
+    gt: &CocoGt,
+    model: &Path,
+) -> anyhow::Result<(Vec<DetRecord>, usize)> {
+    let dir = args.images.as_deref().unwrap_or(Path::new("."));
+    let classes = det.spec().classes.clone();
+    let cat_of = class_to_category(&classes, gt, args.class_map)?;
+    let exif = det.spec().input.exif_orientation;
+    let mut images: Vec<_> = gt.images.iter().collect();
+    images.sort_by_key(|i| i.id);
+    let mut out = Vec::new();
+    let mut lines = String::new();
+    let mut failed = 0usize;
+    let t = std::time::Instant::now();
+    for (k, im) in images.iter().enumerate() {
+        let path = dir.join(&im.file_name);
+        let r = preprocess::load_image(&path, exif).and_then(|img| {
+            let d = det.detect(&img)?;
+            Ok((img.width(), img.height(), d))
+        });
+        let (w, h, dets) = match r {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("anchorkit: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        for d in &dets {
+            let Some(&category_id) = cat_of.get(d.class_id) else {
+                continue;
+            };
+            // mmdet xyxy2xywh on `bbox.tolist()`: widen to f64, then subtract.
+            let [x1, y1, x2, y2] = d.bbox.map(f64::from);
+            out.push(DetRecord {
+                image_id: im.id,
+                category_id,
+                bbox: [x1, y1, x2 - x1, y2 - y1],
+                score: f64::from(d.score),
+            });
+        }
+        if args.jsonl.is_some() {
+            let rec = output::ImageRecord {
+                image: path.clone(),
+                width: w,
+                height: h,
+                detections: dets,
+            };
+            lines.push_str(&output::jsonl_line(&rec, &classes));
+            lines.push('\n');
+        }
+        if (k + 1) % 50 == 0 {
+            eprintln!(
+                "anchorkit: {}/{} images ({:.1} s)",
+                k + 1,
+                images.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if let Some(p) = &args.jsonl {
+        output::write_atomic(p, lines.as_bytes())?;
+    }
+    eprintln!(
+        "anchorkit: {} ran on {} images in {:.1} s",
+        model.display(),
+        images.len() - failed,
+        t.elapsed().as_secs_f64()
+    );
+    Ok((out, failed))
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let gt = load_gt(&args)?;
+    let mut detector = match &args.model {
+        Some(m) => {
+            let mut d = Detector::load(m, args.spec.as_deref(), &args.rt.options())?;
+            if let Some(t) = args.score_thr {
+                d.set_score_thr(t)?;
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    let gt = load_gt(
+        &args,
+        detector.as_ref().map(|d| d.spec().classes.as_slice()),
+    )?;
     if let Some(p) = &args.save_gt {
         coco::write_coco_gt(p, &gt)?;
     }
-    let dets = coco::read_detections(&args.detections, &gt, args.class_map)?;
+    let (dets, failed, what) = match (&mut detector, &args.detections, &args.model) {
+        (Some(d), _, Some(m)) => {
+            let (dets, failed) = detect_all(&args, d, &gt, m)?;
+            (dets, failed, m.display().to_string())
+        }
+        (_, Some(f), _) => (
+            coco::read_detections(f, &gt, args.class_map)?,
+            0,
+            f.display().to_string(),
+        ),
+        _ => bail!("one of --detections or --model is required"),
+    };
     if let Some(p) = &args.save_results {
         coco::write_coco_results(p, &dets)?;
     }
-    let r = cocoeval::evaluate(&gt, &dets)
-        .with_context(|| format!("evaluating {}", args.detections.display()))?;
+    let r = cocoeval::evaluate(&gt, &dets).with_context(|| format!("evaluating {what}"))?;
     println!(
         "{} images, {} categories, {} ground-truth boxes, {} detections evaluated",
         r.num_images,
@@ -116,6 +277,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     print!("{}", r.per_class_text());
     if let Some(p) = &args.json {
         coco::write_json_atomic(p, &r.to_json())?;
+    }
+    if failed > 0 {
+        eprintln!(
+            "anchorkit: {failed} images could not be read; they count as images without detections"
+        );
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
