@@ -1,0 +1,79 @@
+//! Decode + resize + normalize (+ pad) of a real JPEG to the mmdet keep-ratio input
+//! (1333x800, size_divisor 32), single thread. Target <= 6 ms for a 1-2 MP JPEG.
+//!
+//! No photo in `../shared/photos` is 1-2 MP; the largest JPEG is `registry/blood_smear_cbc.jpg`
+//! (1226x652, 0.8 MP). It is timed as is, and also upscaled (bilinear) to 1600x1200 (1.9 MP)
+//! and re-encoded at JPEG quality 90 in memory, to time the 1-2 MP class on real content.
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-release cargo bench --bench preprocess`
+
+use anchorkit::preprocess::{Preprocessor, decode_image};
+use anchorkit::spec::*;
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::path::Path;
+
+fn input() -> InputSpec {
+    InputSpec {
+        name: "input".into(),
+        channel_order: ChannelOrder::Rgb,
+        mean: [123.675, 116.28, 103.53],
+        std: [58.395, 57.12, 57.375],
+        resize: ResizeRule::KeepRatio { scale: [1333, 800] },
+        pad: PadSpec {
+            size_divisor: 32,
+            value: 0.0,
+        },
+        dynamic_hw: true,
+        exif_orientation: true,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/photos/registry/blood_smear_cbc.jpg");
+    let Ok(bytes) = std::fs::read(&path) else {
+        eprintln!("skipping: {} is absent", path.display());
+        return;
+    };
+    let img = decode_image(&bytes, &path, true).unwrap();
+    let big = image::imageops::resize(&img, 1600, 1200, image::imageops::FilterType::Triangle);
+    let mut big_jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut big_jpeg, 90)
+        .encode_image(&big)
+        .unwrap();
+    // single thread: fast_image_resize (and anything else using rayon) sees one thread
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global();
+    let mut pre = Preprocessor::new(&input());
+    {
+        for (name, data) in [
+            ("blood_smear_1226x652", &bytes),
+            ("blood_smear_up_1600x1200_q90", &big_jpeg),
+        ] {
+            let m = pre.run(&decode_image(data, &path, true).unwrap()).unwrap();
+            eprintln!("{name}: {} bytes -> {m:?}", data.len());
+            c.bench_function(&format!("decode_resize_normalize_{name}"), |b| {
+                b.iter(|| {
+                    let img = decode_image(black_box(data), &path, true).unwrap();
+                    pre.run(&img).unwrap()
+                })
+            });
+            c.bench_function(&format!("decode_only_{name}"), |b| {
+                b.iter(|| decode_image(black_box(data), &path, true).unwrap())
+            });
+            let img = decode_image(data, &path, true).unwrap();
+            c.bench_function(&format!("resize_normalize_only_{name}"), |b| {
+                b.iter(|| pre.run(black_box(&img)).unwrap())
+            });
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30);
+    targets = bench
+}
+criterion_main!(benches);
