@@ -197,6 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         set_spec(m, spec)
         onnx.save(m, str(tmp_out))
     os.replace(tmp_out, a.out)
+    if a.save_torch:
+        slim = {k: st[k] for k in ("method", "seed", "epoch", "iter", "scale")}
+        slim["shiftless_bn"] = bool(st.get("shiftless_bn", True))
+        slim["model"] = model.state_dict()
+        a.save_torch.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.save_torch.with_suffix(".tmp")
+        torch.save(slim, tmp)
+        os.replace(tmp, a.save_torch)
+        print(f"wrote {a.save_torch}")
     print(f"wrote {a.out} ({a.out.stat().st_size / 1e6:.2f} MB)")
     return 0
 

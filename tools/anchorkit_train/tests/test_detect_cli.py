@@ -1,0 +1,108 @@
+"""Integration: `anchorkit detect` (Rust) on BCCD test images with the exported ATSS model gives
+the same detections as the torch model itself followed by the reference post-processing
+(`tools/reference`, mmdet rule) on the identical network input (`--dump-input`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tools.anchorkit_train.export import load_checkpoint
+from tools.anchorkit_train.train import torch_infer
+from tools.reference.postprocess import flatten_levels, postprocess
+from tools.reference.preprocess import ImageMeta
+from tools.reference.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[3]
+MODEL = REPO / "models" / "bccd_atss.onnx"
+TORCH = REPO / "models" / "torch" / "bccd_atss.pt"
+
+
+def find_binary() -> Path | None:
+    dirs = [os.environ.get("CARGO_TARGET_DIR", ""), str(REPO / "target")]
+    for d in dirs:
+        for prof in ("debug", "release"):
+            p = Path(d) / prof / "anchorkit" if d else None
+            if p is not None and p.is_file():
+                return p
+    return None
+
+
+def test_anchorkit_detect_matches_torch(bccd: Path, tmp_path: Path) -> None:
+    exe = find_binary()
+    if exe is None:
+        pytest.skip(
+            "no anchorkit binary under target/ (run cargo build or cargo test first)"
+        )
+    if not (MODEL.is_file() and TORCH.is_file()):
+        pytest.skip(f"{MODEL} or {TORCH} missing")
+    ids = ["BloodImage_00007", "BloodImage_00031"]
+    for i in ids:
+        assert i in (bccd / "ImageSets" / "Main" / "test.txt").read_text()
+    images = [str(bccd / "JPEGImages" / f"{i}.jpg") for i in ids]
+    out = tmp_path / "dets.jsonl"
+    dump = tmp_path / "dump"
+    env = dict(os.environ)
+    ort_lib = list(
+        (REPO / "tools" / ".venv").glob(
+            "lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*"
+        )
+    )
+    if ort_lib and "ORT_DYLIB_PATH" not in env:
+        env["ORT_DYLIB_PATH"] = str(ort_lib[0])
+    r = subprocess.run(
+        [
+            str(exe),
+            "detect",
+            "--model",
+            str(MODEL),
+            "--jsonl",
+            str(out),
+            "--dump-input",
+            str(dump),
+            *images,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    rust = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rust) == len(ids)
+    torch.set_num_threads(2)
+    model, _ = load_checkpoint(TORCH)
+    infer = torch_infer(model)
+    spec = load_spec(MODEL)
+    for rec, i in zip(rust, ids, strict=True):
+        assert Path(rec["image"]).stem == i
+        x = np.load(dump / f"{i}.npy")
+        meta = ImageMeta.from_json(json.loads((dump / f"{i}.meta.json").read_text()))
+        assert (meta.orig_w, meta.orig_h, meta.resized_w, meta.resized_h) == (
+            640,
+            480,
+            416,
+            312,
+        )
+        d = postprocess(spec, flatten_levels(spec, infer(x), meta), meta)
+        got = rec["detections"]
+        assert len(got) > 10
+        assert (
+            abs(len(got) - len(d.scores)) <= 1
+        )  # only a score tie at the 100th could differ
+        n = min(len(got), len(d.scores)) - 1
+        rb = np.array([g["bbox"] for g in got[:n]], np.float64)
+        rs = np.array([g["score"] for g in got[:n]], np.float64)
+        rl = np.array([g["class_id"] for g in got[:n]])
+        assert np.abs(rs - d.scores[:n]).max() < 1e-5
+        assert (rl == d.labels[:n]).all()
+        assert np.abs(rb - d.boxes[:n]).max() < 1e-3
+        # the white cell is found with a high score
+        assert any(g["class_name"] == "WBC" and g["score"] > 0.5 for g in got)
