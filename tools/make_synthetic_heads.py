@@ -341,6 +341,7 @@ def export(model: SynthDetector, kind: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as td, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # GroupNorm shape checks
         raw = Path(td) / "raw.onnx"
         torch.onnx.export(  # the TorchScript exporter: no onnxscript needed
             model,
