@@ -7,7 +7,8 @@
 //!   points, distribution coder; 24 COCO images + 4 photos, plus 3 EXIF-rotated JPEGs at 320)
 //!   and the seeded synthetic RetinaNet/FreeAnchor-shaped (A=9, C=80, strides 8..128) and
 //!   ATSS-shaped heads built by `tools/make_synthetic_heads.py` (keep-ratio 1333x800 input, 10
-//!   COCO images + 4 photos), the latter also under the `mmdeploy` and `legacy` rules.
+//!   COCO images + 4 photos), the latter also under the `mmdeploy` and `legacy` rules and with
+//!   letterbox resize, explicit anchors, an FCOS-shaped distance head, class-agnostic NMS.
 //!   Measured 2026-11-22: max |box diff| 1.4e-4 px, max |score diff| 1.3e-7 (0 for NanoDet).
 //! * End to end (each side decodes and resizes itself: image crate + fast_image_resize vs
 //!   OpenCV; the tensors differ by at most 1-3 u8 levels, on 15-38% of the pixels): confident
@@ -517,47 +518,112 @@ fn parity_synthetic_atss() {
     );
 }
 
-/// Writes the spec of a synthetic model with another post-processing rule (sidecar for `--spec`).
-fn synthetic_spec_with_rule(kind: &str, rule: &str, dir: &Path) -> PathBuf {
-    let path = dir.join(format!("{kind}_{rule}.json"));
+/// The spec embedded in a synthetic model (as `tools/make_synthetic_heads.py` writes it).
+fn synthetic_spec(kind: &str) -> Value {
     let code = format!(
-        "import json; from tools.make_synthetic_heads import spec_for; s = spec_for({kind:?}); \
-         s['postprocess']['rule'] = {rule:?}; open({:?}, 'w').write(json.dumps(s))",
-        path.to_str().expect("utf-8 temp path")
+        "import json; from tools.make_synthetic_heads import spec_for; print(json.dumps(spec_for({kind:?})))"
     );
-    let mut cmd = Command::new(python());
-    cmd.current_dir(root()).arg("-c").arg(code);
-    run(cmd, "write a spec variant");
+    let out = Command::new(python())
+        .current_dir(root())
+        .arg("-c")
+        .arg(code)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "spec_for({kind}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("spec JSON")
+}
+
+/// Writes `spec` changed by `edit` to `dir/name.json` (a sidecar for `--spec`).
+fn spec_variant(mut spec: Value, dir: &Path, name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    edit(&mut spec);
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&spec).expect("json")).expect("write spec");
     path
+}
+
+/// Exact parity of one spec variant of a model on 6 COCO images and 2 photos.
+fn variant_case(name: &str, model: &Path, spec: &Path) {
+    let mut images = coco_images(6);
+    images.extend(photos().into_iter().take(2));
+    parity_case(name, model, Some(spec), &images, None);
 }
 
 /// Exact parity of the other post-processing rules (mmdeploy end2end, mmdet <= 2.17) on the
 /// synthetic heads: anchor-wise top-k, thresholds after centerness, per-class exact NMS.
-fn rule_case(kind: &str, rule: &str) {
-    let model = synthetic(kind);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let spec = synthetic_spec_with_rule(kind, rule, tmp.path());
-    let mut images = coco_images(6);
-    images.extend(photos().into_iter().take(2));
-    parity_case(
-        &format!("{kind}-synthetic/{rule}"),
-        &model,
-        Some(&spec),
-        &images,
-        None,
-    );
-}
-
 #[test]
 fn parity_rules_mmdeploy_and_legacy() {
     if prerequisites("parity_rules_mmdeploy_and_legacy").is_none() {
         return;
     }
+    let tmp = tempfile::tempdir().expect("tempdir");
     for kind in ["atss", "retina"] {
+        let base = synthetic_spec(kind);
         for rule in ["mmdeploy", "legacy"] {
-            rule_case(kind, rule);
+            let spec = spec_variant(base.clone(), tmp.path(), &format!("{kind}_{rule}"), |s| {
+                s["postprocess"]["rule"] = rule.into();
+            });
+            variant_case(&format!("{kind}-synthetic/{rule}"), &synthetic(kind), &spec);
         }
     }
+}
+
+/// Exact parity of the less common spec paths: letterbox resize (content offset, pad value
+/// before normalisation, clamp to the content), explicit per-level anchors, class-agnostic NMS
+/// with the v3 `min_bbox_size` filter, and an FCOS-shaped head (points with offset 0, distance
+/// coder scaled by stride, centerness) read from the ATSS-shaped graph.
+#[test]
+fn parity_spec_variants() {
+    if prerequisites("parity_spec_variants").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (nd_model, nd_spec) = nanodet(320);
+    let nd: Value =
+        serde_json::from_str(&std::fs::read_to_string(&nd_spec).expect("spec")).expect("json");
+    let letterbox = spec_variant(nd, tmp.path(), "nanodet_letterbox", |s| {
+        s["input"]["resize"] = serde_json::json!({"rule": "letterbox", "width": 320, "height": 320, "pad_value": 114.0});
+    });
+    variant_case("nanodet-m-320/letterbox", &nd_model, &letterbox);
+
+    let atss = synthetic_spec("atss");
+    let explicit = spec_variant(atss.clone(), tmp.path(), "atss_explicit", |s| {
+        let per_level: Vec<Value> = [8.0, 16.0, 32.0, 64.0, 128.0]
+            .iter()
+            .map(|st: &f64| serde_json::json!([[8.0 * st, 8.0 * st]]))
+            .collect();
+        s["head"]["priors"] =
+            serde_json::json!({"type": "explicit_anchors", "per_level": per_level});
+    });
+    variant_case(
+        "atss-synthetic/explicit-anchors",
+        &synthetic("atss"),
+        &explicit,
+    );
+    let fcos = spec_variant(atss, tmp.path(), "fcos_like", |s| {
+        s["head"]["kind"] = "fcos".into();
+        s["head"]["priors"] = serde_json::json!({"type": "points", "offset": 0.0});
+        s["head"]["coder"] = serde_json::json!({"type": "distance", "scale_by_stride": true});
+    });
+    variant_case("atss-synthetic/fcos-distance", &synthetic("atss"), &fcos);
+
+    let agnostic = spec_variant(
+        synthetic_spec("retina"),
+        tmp.path(),
+        "retina_agnostic",
+        |s| {
+            s["postprocess"]["class_agnostic"] = true.into();
+            s["postprocess"]["min_bbox_size"] = 0.0.into();
+        },
+    );
+    variant_case(
+        "retina-synthetic/class-agnostic+min_bbox_size",
+        &synthetic("retina"),
+        &agnostic,
+    );
 }
 
 /// COCO AP of the Rust JSONL for one NanoDet-m model on the 198-image subset.
