@@ -140,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         "--provenance", type=Path, help="JSON object merged into spec.provenance"
     )
     ap.add_argument(
+        "--save-torch",
+        type=Path,
+        help="also write the model-only torch checkpoint (state dict, method, scale) here",
+    )
+    ap.add_argument(
         "--no-eval",
         action="store_true",
         help="skip the COCO evaluation on the test split",

@@ -48,8 +48,11 @@ def row(path: Path) -> str:
     t = pv["test_metrics"]
     pc = t["per_class_AP50"]
     scale = spec["input"]["resize"]["scale"]
+    method = METHOD_TEXT.get(pv["method"], pv["method"])
+    if pv.get("shiftless_bn") is False:
+        method += ", without the shiftless BN (ablation)"
     return (
-        f"| `{path.name}` | {METHOD_TEXT.get(pv['method'], pv['method'])} | "
+        f"| `{path.name}` | {method} | "
         f"{anchors_text(spec['head']['priors'])} | {pv['params'] / 1e6:.2f} M | "
         f"keep_ratio {scale[0]}x{scale[1]} | {pv['epochs']} ep / {pv['iterations']} it | "
         f"`{pv.get('train_command', '?')}` | {pv.get('train_wall_s', 0) / 60:.0f} min | "
