@@ -8,8 +8,8 @@ bash tools/setup_venv.sh
 export PATH="$PWD/tools/.venv/bin:$PATH"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets
-cargo test --doc
+# lib, bin, integration and doc tests (benches are compiled by clippy above and run with `cargo bench`)
+cargo test
 ruff check tools
 ruff format --check tools
 python -m pytest -q tools
