@@ -180,6 +180,28 @@ fn readme_command_runs_with_the_default_model() {
         out.starts_with("samples/blood_smear.jpg (1226x652): "),
         "{out}"
     );
+    // The default model (ours, BCCD) must find the photo's white cell with a high score.
+    let wbc = out.lines().any(|l| {
+        let t: Vec<&str> = l.split_whitespace().collect();
+        t.len() > 1 && t[0] == "WBC" && t[1].parse::<f32>().is_ok_and(|s| s >= 0.9)
+    });
+    assert!(wbc, "{out}");
+    // At the photo's magnification (about half BCCD's) the smear spec's resize finds platelets.
+    let o = anchorkit(&[
+        "detect",
+        "--model",
+        "models/bccd_freeanchor_e20.onnx",
+        "--spec",
+        "models/specs/bccd_freeanchor_e20-smear.json",
+        "samples/blood_smear.jpg",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let first = out.lines().next().unwrap_or_default().to_string();
+    assert!(
+        first.contains("WBC") && first.contains("Platelets"),
+        "{out}"
+    );
 }
 
 #[test]

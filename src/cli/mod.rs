@@ -50,6 +50,7 @@ impl RuntimeArgs {
 /// Models tried, in order, when `--model` is not given (relative to the current directory, then
 /// to the source checkout).
 pub const DEFAULT_MODELS: &[&str] = &[
+    "models/bccd_freeanchor_e20.onnx",
     "models/bccd_atss.onnx",
     "models/bccd_freeanchor.onnx",
     "models/bccd_pseudo_iou.onnx",
