@@ -51,7 +51,11 @@ def run_anchorkit(
 ) -> tuple[dict[str, Any], float]:
     """Run `anchorkit anchors` on box sizes `wh`; returns (json report, wall seconds)."""
     lst = tmp / f"{name}.txt"
-    lst.write_text("".join(f"b{i} 0,0,{float(w)!r},{float(h)!r},0\n" for i, (w, h) in enumerate(wh)))
+    lst.write_text(
+        "".join(
+            f"b{i} 0,0,{float(w)!r},{float(h)!r},0\n" for i, (w, h) in enumerate(wh)
+        )
+    )
     out = tmp / f"{name}.json"
     cmd = [
         str(exe), "anchors", "--dataset", str(lst), "--format", "list", "--resize", "none",
