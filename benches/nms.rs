@@ -10,6 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
 
+mod common;
+
 const SEED: u64 = 20261122;
 
 type Boxes = (Vec<[f32; 4]>, Vec<f32>, Vec<usize>);
@@ -56,6 +58,9 @@ fn bench(c: &mut Criterion) {
         exact.len(),
         fast.len()
     );
+    common::report_cpu_time("nms_fast_20k_80cls_max100", 500, || {
+        batched_nms_fast(&boxes, &scores, &labels, 0.5, 100)
+    });
     c.bench_function("nms_fast_20k_80cls_max100", |b| {
         b.iter(|| batched_nms_fast(black_box(&boxes), &scores, &labels, 0.5, 100))
     });
@@ -73,7 +78,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30);
+    config = Criterion::default().sample_size(30).without_plots();
     targets = bench
 }
 criterion_main!(benches);

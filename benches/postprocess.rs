@@ -17,6 +17,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
 
+mod common;
+
 const SEED: u64 = 20261122;
 
 fn spec() -> DetectorSpec {
@@ -134,6 +136,9 @@ fn bench(c: &mut Criterion) {
         .num_threads(1)
         .build_global();
     {
+        common::report_cpu_time("postprocess_freeanchor_800x1344", 60, || {
+            postprocess(&spec, &levels, &meta).unwrap()
+        });
         c.bench_function("postprocess_freeanchor_800x1344_16.1M_logits", |b| {
             b.iter(|| postprocess(black_box(&spec), black_box(&levels), &meta).unwrap())
         });
@@ -152,7 +157,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30);
+    config = Criterion::default().sample_size(30).without_plots();
     targets = bench
 }
 criterion_main!(benches);

@@ -13,6 +13,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::Path;
 
+mod common;
+
 fn input() -> InputSpec {
     InputSpec {
         name: "input".into(),
@@ -54,6 +56,10 @@ fn bench(c: &mut Criterion) {
         ] {
             let m = pre.run(&decode_image(data, &path, true).unwrap()).unwrap();
             eprintln!("{name}: {} bytes -> {m:?}", data.len());
+            common::report_cpu_time(&format!("decode_resize_normalize_{name}"), 40, || {
+                let img = decode_image(data, &path, true).unwrap();
+                pre.run(&img).unwrap()
+            });
             c.bench_function(&format!("decode_resize_normalize_{name}"), |b| {
                 b.iter(|| {
                     let img = decode_image(black_box(data), &path, true).unwrap();
@@ -73,7 +79,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30);
+    config = Criterion::default().sample_size(30).without_plots();
     targets = bench
 }
 criterion_main!(benches);
