@@ -237,35 +237,19 @@ impl Detector {
         let t0 = Instant::now();
         let meta = self.preprocess(img)?;
         let t1 = Instant::now();
-        let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
-        let tensor = TensorRef::from_array_view((shape, self.pre.tensor()))
-            .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
-        let model = &self.model;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.spec.input.name.as_str() => tensor])
-            .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))?;
-        let t2 = Instant::now();
-        let mut views = Vec::with_capacity(self.outs.len());
-        for o in &self.outs {
-            let v = outputs.get(&o.name).ok_or_else(|| {
-                Error::Runtime(format!("output {:?} missing from the run", o.name))
-            })?;
-            let (shape, data) = v
-                .try_extract_tensor::<f32>()
-                .map_err(|e| Error::Runtime(format!("output {:?}: {e}", o.name)))?;
-            views.push(OutView {
-                name: &o.name,
-                shape,
-                data,
-            });
-        }
-        let levels = slice_levels(&self.spec, &self.level_base, &views, &meta)?;
-        let dets = postprocess::postprocess(&self.spec, &levels, &meta)?;
+        let (dets, infer, post) = run_and_postprocess(
+            &mut self.session,
+            &self.spec,
+            &self.outs,
+            &self.level_base,
+            &self.model,
+            self.pre.tensor(),
+            &meta,
+        )?;
         let times = StageTimes {
             preprocess: t1 - t0,
-            infer: t2 - t1,
-            postprocess: t2.elapsed(),
+            infer,
+            postprocess: post,
         };
         Ok((meta, dets, times))
     }
@@ -291,38 +275,61 @@ impl Detector {
                 tensor.len()
             )));
         }
-        let t1 = Instant::now();
-        let input = TensorRef::from_array_view((shape, tensor))
-            .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
-        let model = &self.model;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.spec.input.name.as_str() => input])
-            .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))?;
-        let t2 = Instant::now();
-        let mut views = Vec::with_capacity(self.outs.len());
-        for o in &self.outs {
-            let v = outputs.get(&o.name).ok_or_else(|| {
-                Error::Runtime(format!("output {:?} missing from the run", o.name))
-            })?;
-            let (shape, data) = v
-                .try_extract_tensor::<f32>()
-                .map_err(|e| Error::Runtime(format!("output {:?}: {e}", o.name)))?;
-            views.push(OutView {
-                name: &o.name,
-                shape,
-                data,
-            });
-        }
-        let levels = slice_levels(&self.spec, &self.level_base, &views, meta)?;
-        let dets = postprocess::postprocess(&self.spec, &levels, meta)?;
+        let (dets, infer, post) = run_and_postprocess(
+            &mut self.session,
+            &self.spec,
+            &self.outs,
+            &self.level_base,
+            &self.model,
+            tensor,
+            meta,
+        )?;
         let times = StageTimes {
             preprocess: Duration::ZERO,
-            infer: t2 - t1,
-            postprocess: t2.elapsed(),
+            infer,
+            postprocess: post,
         };
         Ok((dets, times))
     }
+}
+
+/// `Session::run` on `tensor` (`[1, 3, meta.input_h, meta.input_w]`), then post-processing
+/// with the head outputs read in place; returns the detections and the run / post-processing
+/// times.
+fn run_and_postprocess(
+    session: &mut Session,
+    spec: &DetectorSpec,
+    outs: &[OutBuf],
+    level_base: &[usize],
+    model: &Path,
+    tensor: &[f32],
+    meta: &ImageMeta,
+) -> Result<(Vec<Detection>, Duration, Duration)> {
+    let t1 = Instant::now();
+    let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
+    let input = TensorRef::from_array_view((shape, tensor))
+        .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
+    let outputs = session
+        .run(ort::inputs![spec.input.name.as_str() => input])
+        .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))?;
+    let t2 = Instant::now();
+    let mut views = Vec::with_capacity(outs.len());
+    for o in outs {
+        let v = outputs
+            .get(&o.name)
+            .ok_or_else(|| Error::Runtime(format!("output {:?} missing from the run", o.name)))?;
+        let (shape, data) = v
+            .try_extract_tensor::<f32>()
+            .map_err(|e| Error::Runtime(format!("output {:?}: {e}", o.name)))?;
+        views.push(OutView {
+            name: &o.name,
+            shape,
+            data,
+        });
+    }
+    let levels = slice_levels(spec, level_base, &views, meta)?;
+    let dets = postprocess::postprocess(spec, &levels, meta)?;
+    Ok((dets, t2 - t1, t2.elapsed()))
 }
 
 /// Borrowed view of one output tensor.
