@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_venv.sh
 export PATH="$PWD/tools/.venv/bin:$PATH"
+# CI builds once from scratch: incremental caches only cost disk there.
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 # lib, bin, integration and doc tests (benches are compiled by clippy above and run with `cargo bench`)

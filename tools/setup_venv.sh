@@ -10,7 +10,7 @@ if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want"
   exit 0
 fi
 python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -r "$here/requirements.txt"
+"$venv/bin/python" -m pip install -q --no-cache-dir --upgrade pip
+"$venv/bin/python" -m pip install -q --no-cache-dir -r "$here/requirements.txt"
 echo "$want" > "$stamp"
 echo "tools/.venv ready" >&2
