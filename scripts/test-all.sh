@@ -14,4 +14,4 @@ cargo clippy --all-targets --quiet -- -D warnings
 cargo test
 ruff check tools
 ruff format --check tools
-python -m pytest -q tools
+python -m pytest -q --durations=12 tools

@@ -140,16 +140,22 @@ pub fn batched_nms_fast(
     if n == 0 || max_keep == 0 {
         return Vec::new();
     }
-    let min_coord = boxes
-        .iter()
-        .flat_map(|b| b.iter().copied())
-        .fold(f32::INFINITY, f32::min);
+    // one pass for both extremes (mmcv's offset uses the max; the fallback test the min)
+    let (mut min_coord, mut max_coord) = (f32::INFINITY, f32::NEG_INFINITY);
+    for b in boxes {
+        for &v in b {
+            min_coord = min_coord.min(v);
+            max_coord = max_coord.max(v);
+        }
+    }
     if min_coord < 0.0 && n < MMCV_SPLIT_THR {
         let mut k = batched_nms_mmcv(boxes, scores, labels, iou_thr);
         k.truncate(max_keep);
         return k;
     }
-    let (ob, areas) = offset_boxes(boxes, labels);
+    // Offset boxes are computed lazily, only for visited boxes, with the same f32 expression
+    // as `offset_boxes` (so the values are bit-identical to mmcv's).
+    let step = max_coord + 1.0;
     let n_cls = labels.iter().copied().max().unwrap_or(0) + 1;
     // kept (box, area) per class
     let mut kept_by_class: Vec<Vec<([f32; 4], f32)>> = vec![Vec::new(); n_cls];
@@ -173,12 +179,18 @@ pub fn batched_nms_fast(
         rest[..end - start].sort_unstable();
         for &k in &keys[start..end] {
             let i = (k & 0xffff_ffff) as usize;
-            let (b, a) = (&ob[i], areas[i]);
-            let kc = &mut kept_by_class[labels[i]];
-            if kc.iter().any(|(kb, ka)| suppresses(kb, *ka, b, a, iou_thr)) {
+            let (bx, l) = (&boxes[i], labels[i]);
+            let off = l as f32 * step;
+            let b = [bx[0] + off, bx[1] + off, bx[2] + off, bx[3] + off];
+            let a = (b[2] - b[0]) * (b[3] - b[1]);
+            let kc = &mut kept_by_class[l];
+            if kc
+                .iter()
+                .any(|(kb, ka)| suppresses(kb, *ka, &b, a, iou_thr))
+            {
                 continue;
             }
-            kc.push((*b, a));
+            kc.push((b, a));
             keep.push(i);
             if keep.len() == max_keep {
                 return keep;

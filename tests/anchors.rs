@@ -13,22 +13,10 @@ use anchorkit::dataset::{self, Format, InputBoxes, MappedImage, ReadOptions, Res
 use anchorkit::spec::{PriorSpec, ResizeRule};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-fn shared(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
-        .join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} not found (needs ../shared beside the repo)",
-            p.display()
-        );
-        None
-    }
-}
+mod common;
+use common::shared;
 
 fn line_of_err(e: &Error) -> (PathBuf, Option<usize>, String) {
     match e {

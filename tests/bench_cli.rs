@@ -5,35 +5,15 @@
 
 use anchorkit::bench::{self, Plan};
 use anchorkit::runtime::{self, Ep, RuntimeOptions};
-use std::path::PathBuf;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// NanoDet-m 320 and its sidecar spec, or None (skip) when ../shared is absent.
-fn nanodet() -> Option<(PathBuf, PathBuf)> {
-    let m = root().join("../shared/models/nanodet-m-coco/nanodet-m-320.onnx");
-    if !m.is_file() {
-        eprintln!("SKIP: {} is absent (needs ../shared)", m.display());
-        return None;
-    }
-    Some((m, root().join("models/specs/nanodet-m-320.json")))
-}
-
-fn runtime_ok() -> bool {
-    match runtime::runtime(None) {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIP: no ONNX Runtime library: {e}");
-            false
-        }
-    }
-}
+mod common;
+use common::{anchorkit, nanodet, runtime_ok};
 
 #[test]
 fn bare_run_and_profile_on_cpu() {
-    let Some((model, _)) = nanodet() else { return };
+    let Some((model, _)) = nanodet(320) else {
+        return;
+    };
     if !runtime_ok() {
         return;
     }
@@ -59,7 +39,9 @@ fn bare_run_and_profile_on_cpu() {
 
 #[test]
 fn gpu_providers_fail_fast_without_a_gpu() {
-    let Some((model, _)) = nanodet() else { return };
+    let Some((model, _)) = nanodet(320) else {
+        return;
+    };
     if !runtime_ok() {
         return;
     }
@@ -79,13 +61,9 @@ fn gpu_providers_fail_fast_without_a_gpu() {
     }
 }
 
-fn anchorkit() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_anchorkit"))
-}
-
 #[test]
 fn bench_cli_sequential_pipeline_and_baseline() {
-    let Some((model, spec)) = nanodet() else {
+    let Some((model, spec)) = nanodet(320) else {
         return;
     };
     if !runtime_ok() {
@@ -168,7 +146,7 @@ fn bench_cli_sequential_pipeline_and_baseline() {
 
 #[test]
 fn bench_cli_gpu_eps_fail_fast_and_bad_args() {
-    let Some((model, spec)) = nanodet() else {
+    let Some((model, spec)) = nanodet(320) else {
         return;
     };
     if !runtime_ok() {

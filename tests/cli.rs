@@ -3,20 +3,14 @@
 //! errors, GPU execution providers that cannot register.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{repo, s};
 
 fn shared() -> Option<PathBuf> {
-    let p = repo().join("../shared");
-    if p.join("models/nanodet-m-coco/nanodet-m-320.onnx").is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIP: ../shared (NanoDet-m models, COCO images) is absent");
-        None
-    }
+    common::shared("models/nanodet-m-coco/nanodet-m-320.onnx")?;
+    Some(common::shared_root())
 }
 
 fn nanodet320(shared: &Path) -> (PathBuf, PathBuf) {
@@ -27,15 +21,11 @@ fn nanodet320(shared: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn anchorkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anchorkit"))
+    common::anchorkit()
         .args(args)
         .current_dir(repo())
         .output()
         .expect("run anchorkit")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -410,7 +400,7 @@ fn unusable_runtime_library_is_an_error_with_a_remedy() {
         "{e}"
     );
     for env in [false, true] {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_anchorkit"));
+        let mut c = common::anchorkit();
         c.args(["inspect", "--model", s(&m), "--spec", s(&spec)])
             .current_dir(repo());
         if env {

@@ -15,28 +15,12 @@ use std::process::Command;
 
 const TOL: f64 = 1e-9;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{anchorkit, repo as root, runtime_ok, venv_python as python};
 
 fn shared() -> Option<PathBuf> {
-    let p = root().join("../shared");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("SKIP: ../shared is absent (CI layout: a clone with ../shared beside it)");
-        None
-    }
-}
-
-fn python() -> Option<PathBuf> {
-    let p = root().join("tools/.venv/bin/python");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIP: tools/.venv is absent (run tools/setup_venv.sh)");
-        None
-    }
+    common::shared("data")?;
+    Some(common::shared_root())
 }
 
 /// Runs tools/coco_eval_ref.py and returns its JSON.
@@ -243,10 +227,6 @@ fn empty_and_single_image_cases_match_pycocotools() {
     compare_lib(&py, &gt, &dets, "detections on one image only");
 }
 
-fn anchorkit() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_anchorkit"))
-}
-
 #[test]
 fn cli_jsonl_input_matches_pycocotools() {
     let (Some(sh), Some(py)) = (shared(), python()) else {
@@ -394,17 +374,6 @@ fn eval_errors_name_the_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.json"));
 }
 
-/// Whether ONNX Runtime can be loaded (else skip with the reason).
-fn runtime_ok() -> bool {
-    match anchorkit::runtime::runtime(None) {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIP: no ONNX Runtime library: {e}");
-            false
-        }
-    }
-}
-
 /// Runs `anchorkit eval` with `args`, returns the JSON report and the saved results path.
 fn eval_cli(args: &[&std::ffi::OsStr], dir: &Path) -> (serde_json::Value, PathBuf) {
     let (rp, js) = (dir.join("res.json"), dir.join("report.json"));
@@ -493,7 +462,7 @@ fn bccd_models_on_test_split_match_pycocotools() {
         .collect();
     models.sort();
     if models.is_empty() {
-        eprintln!("SKIP: no models/bccd_*.onnx yet");
+        common::skip("no models/bccd_*.onnx yet");
         return;
     }
     let voc = sh.join("data/bccd/BCCD");

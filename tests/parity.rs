@@ -18,12 +18,15 @@
 //!   `tools/reference/coco_ap.py`): within 0.005 of 0.194 (320) and 0.189 (416); measured
 //!   0.1939 and 0.1902 (the Python pipeline alone: 0.1949 and 0.1889).
 //!
-//! Every test prints `SKIP ...` and passes when `../shared` or `tools/.venv` is absent.
+//! Every test prints `SKIP ...` and passes when `../shared` or `tools/.venv` is absent (fails
+//! instead under `CI=true`, see `tests/common`).
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
+
+mod common;
 
 /// Maximum box coordinate difference (pixels of the original image) with identical input.
 const BOX_TOL: f64 = 1e-3;
@@ -56,17 +59,17 @@ fn python() -> PathBuf {
 fn prerequisites(what: &str) -> Option<()> {
     let images = shared().join("data/coco-val2017/images");
     if !images.is_dir() {
-        eprintln!(
-            "SKIP {what}: {} is absent (CI layout: a clone with ../shared beside it)",
+        common::skip(&format!(
+            "{what}: {} is absent (CI layout: a clone with ../shared beside it)",
             images.display()
-        );
+        ));
         return None;
     }
     if !python().is_file() {
-        eprintln!(
-            "SKIP {what}: {} is absent (run tools/setup_venv.sh)",
+        common::skip(&format!(
+            "{what}: {} is absent (run tools/setup_venv.sh)",
             python().display()
-        );
+        ));
         return None;
     }
     Some(())

@@ -1,7 +1,7 @@
 //! `--plot FILE.png`: density of the boxes in log w / log h (input pixels), with the anchors of
 //! every level marked, as in Figure 2 of Zhong et al. ("Anchor Box Optimization for Object
-//! Detection"). Axis labels need a TrueType font: DejaVuSans is looked up in the usual system
-//! directories; without one the plot is drawn without text.
+//! Detection"). Text uses the embedded DejaVu Sans (license in `assets/fonts/`); the bitmap is
+//! rendered in memory and encoded as PNG by the `image` crate.
 
 use crate::error::{Error, Result};
 use plotters::prelude::*;
@@ -18,20 +18,8 @@ fn font_registered() -> bool {
     use std::sync::OnceLock;
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        for p in [
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/TTF/DejaVuSans.ttf",
-            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/truetype/DejaVuSans.ttf",
-        ] {
-            if let Ok(b) = std::fs::read(p) {
-                let b: &'static [u8] = Box::leak(b.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, b).is_ok() {
-                    return true;
-                }
-            }
-        }
-        false
+        let b: &'static [u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+        plotters::style::register_font("sans-serif", FontStyle::Normal, b).is_ok()
     })
 }
 
@@ -72,13 +60,11 @@ pub fn plot(path: &Path, w: &[f32], h: &[f32], sets: &[Marked], title: &str) -> 
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .suffix(".png")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
     let text = font_registered();
+    const SIZE: (u32, u32) = (900, 860);
+    let mut rgb = vec![255u8; (SIZE.0 * SIZE.1 * 3) as usize];
     {
-        let root = BitMapBackend::new(tmp.path(), (900, 860)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
         let de = |e: String| Error::InvalidInput(format!("{}: plot: {e}", path.display()));
         root.fill(&WHITE).map_err(|e| de(e.to_string()))?;
         let mut b = ChartBuilder::on(&root);
@@ -148,6 +134,17 @@ pub fn plot(path: &Path, w: &[f32], h: &[f32], sets: &[Marked], title: &str) -> 
         }
         root.present().map_err(|e| de(e.to_string()))?;
     }
+    let img = image::RgbImage::from_raw(SIZE.0, SIZE.1, rgb)
+        .ok_or_else(|| Error::InvalidInput(format!("{}: plot buffer size", path.display())))?;
+    let tmp = tempfile::Builder::new()
+        .suffix(".png")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    img.write_to(
+        &mut std::io::BufWriter::new(tmp.as_file()),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| Error::InvalidInput(format!("{}: plot: {e}", path.display())))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }

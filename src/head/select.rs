@@ -73,11 +73,26 @@ pub fn raw_threshold(act: ScoreActivation, score_thr: f32) -> f32 {
     }
 }
 
-/// Call `f(index, value)` for every element of `buf` with `value > t`, in index order.
-/// Vectorized in blocks of 16: a block is inspected element-wise only if one of its values
-/// passes (the common case at `score_thr = 0.05` is that none does).
+/// Call `f(index, value)` for every element of `buf` with `value > t`, in index order
+/// (`>` as in IEEE: NaN never passes).
+///
+/// This is the hot loop of post-processing (16.1 M logits for a FreeAnchor head at 800x1344):
+/// it must run at memory speed. On x86_64 with AVX2 (detected at run time) blocks of 64 values
+/// are compared with eight 8-wide compares and a block is opened only when one of its values
+/// passes (the common case at `score_thr = 0.05` is that none does); elsewhere a portable
+/// 16-wide version the compiler vectorizes with SSE2/NEON.
 #[inline]
 pub fn scan_above(buf: &[f32], t: f32, mut f: impl FnMut(usize, f32)) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { scan_above_avx2(buf, t, &mut f) };
+        return;
+    }
+    scan_above_portable(buf, t, &mut f)
+}
+
+fn scan_above_portable(buf: &[f32], t: f32, f: &mut impl FnMut(usize, f32)) {
     const B: usize = 16;
     let chunks = buf.chunks_exact(B);
     let tail = chunks.remainder();
@@ -98,6 +113,44 @@ pub fn scan_above(buf: &[f32], t: f32, mut f: impl FnMut(usize, f32)) {
     for (j, &v) in tail.iter().enumerate() {
         if v > t {
             f(base + j, v);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn scan_above_avx2(buf: &[f32], t: f32, f: &mut impl FnMut(usize, f32)) {
+    use std::arch::x86_64::*;
+    const B: usize = 64;
+    let tv = _mm256_set1_ps(t);
+    let full = buf.len() / B * B;
+    let mut i = 0;
+    while i < full {
+        let blk = &buf[i..i + B];
+        // SAFETY: `blk` holds 64 f32, so each unaligned 8-wide load at offset 8*g (g < 8)
+        // stays inside it.
+        let m: [__m256; 8] = std::array::from_fn(|g| unsafe {
+            _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(blk.as_ptr().add(8 * g)), tv)
+        });
+        let any = _mm256_or_ps(
+            _mm256_or_ps(_mm256_or_ps(m[0], m[1]), _mm256_or_ps(m[2], m[3])),
+            _mm256_or_ps(_mm256_or_ps(m[4], m[5]), _mm256_or_ps(m[6], m[7])),
+        );
+        if _mm256_movemask_ps(any) != 0 {
+            for (g, mg) in m.iter().enumerate() {
+                let mut bits = _mm256_movemask_ps(*mg) as u32;
+                while bits != 0 {
+                    let j = 8 * g + bits.trailing_zeros() as usize;
+                    f(i + j, blk[j]);
+                    bits &= bits - 1;
+                }
+            }
+        }
+        i += B;
+    }
+    for (j, &v) in buf[full..].iter().enumerate() {
+        if v > t {
+            f(full + j, v);
         }
     }
 }
@@ -284,17 +337,37 @@ mod tests {
     #[test]
     fn scan_matches_naive() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let v: Vec<f32> = (0..1037).map(|_| rng.random_range(-6.0f32..-2.0)).collect();
-        let mut got = vec![];
-        scan_above(&v, -2.9, |i, x| got.push((i, x)));
-        let want: Vec<(usize, f32)> = v
-            .iter()
-            .copied()
-            .enumerate()
-            .filter(|&(_, x)| x > -2.9)
-            .collect();
-        assert_eq!(got, want);
-        assert!(!want.is_empty());
+        // lengths around the 16- and 64-blocks, densities from none to all, NaN and +-inf
+        for len in [0usize, 1, 15, 16, 63, 64, 65, 127, 1037, 4100] {
+            for density in [0.0f32, 0.002, 0.05, 0.5, 1.0] {
+                let v: Vec<f32> = (0..len)
+                    .map(|i| {
+                        let r: f32 = rng.random_range(0.0..1.0);
+                        match i % 97 {
+                            13 => f32::NAN,
+                            41 => f32::NEG_INFINITY,
+                            _ if r < density => rng.random_range(-2.8f32..40.0),
+                            _ => rng.random_range(-6.0f32..-2.9),
+                        }
+                    })
+                    .collect();
+                let want: Vec<(usize, u32)> = v
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, x)| *x > -2.9)
+                    .map(|(i, x)| (i, x.to_bits()))
+                    .collect();
+                let mut got = vec![];
+                scan_above(&v, -2.9, |i, x| got.push((i, x.to_bits())));
+                assert_eq!(got, want, "dispatch, len {len}, density {density}");
+                let mut got = vec![];
+                scan_above_portable(&v, -2.9, &mut |i, x| got.push((i, x.to_bits())));
+                assert_eq!(got, want, "portable, len {len}, density {density}");
+                if density == 1.0 && len > 0 {
+                    assert!(!want.is_empty());
+                }
+            }
+        }
     }
 
     /// Selection vs a direct implementation of mmdet's rule on the activated tensor.

@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests: paths, the `anchorkit` binary, prerequisites.
+//!
+//! The data in `../shared`, the tools venv and a loadable libonnxruntime are prerequisites.
+//! Outside CI a test whose prerequisite is absent prints `SKIP: ...` and passes; with
+//! `CI=true` (`.ci/run`, where all of them must exist) a missing prerequisite fails the test
+//! instead, so a broken install step cannot hide behind skipped tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` beside the repository (may be absent).
+pub fn shared_root() -> PathBuf {
+    repo().join("../shared")
+}
+
+/// Report a missing prerequisite: panics under `CI=true`, else prints `SKIP: reason`.
+pub fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("prerequisite missing in CI: {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
+/// `../shared/<rel>` if it exists, else [`skip`] and `None`.
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let p = shared_root().join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        skip(&format!(
+            "{} not found (needs ../shared beside the repo)",
+            p.display()
+        ));
+        None
+    }
+}
+
+/// The tools venv's python, else [`skip`] and `None`.
+pub fn venv_python() -> Option<PathBuf> {
+    let p = repo().join("tools/.venv/bin/python");
+    if p.is_file() {
+        Some(p)
+    } else {
+        skip(&format!(
+            "{} is absent (run tools/setup_venv.sh)",
+            p.display()
+        ));
+        None
+    }
+}
+
+/// Whether ONNX Runtime can be loaded (else [`skip`] with the reason).
+pub fn runtime_ok() -> bool {
+    match anchorkit::runtime::runtime(None) {
+        Ok(_) => true,
+        Err(e) => {
+            skip(&format!("no ONNX Runtime library: {e}"));
+            false
+        }
+    }
+}
+
+/// NanoDet-m at `size` (320 or 416) from `../shared` and its sidecar spec in `models/specs/`.
+pub fn nanodet(size: u32) -> Option<(PathBuf, PathBuf)> {
+    let m = shared(&format!("models/nanodet-m-coco/nanodet-m-{size}.onnx"))?;
+    Some((
+        m,
+        repo().join(format!("models/specs/nanodet-m-{size}.json")),
+    ))
+}
+
+/// The `anchorkit` binary under test.
+pub fn anchorkit() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_anchorkit"))
+}
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
