@@ -32,9 +32,11 @@ import torch
 
 from ..reference.preprocess import preprocess
 from ..reference.spec import parse_spec
+from .anchor_fragment import parse_fragment
 from .data import BCCD_CLASSES, load_voc, read_bgr
 from .evaluate import coco_eval, detect_all
-from .methods import ExportWrapper, ModelSize, TrainModel
+from .methods import ExportWrapper, ModelSize, TrainModel, num_anchors
+from .model import STRIDES
 
 METADATA_KEY = "anchorkit.detector"
 
@@ -102,13 +104,21 @@ def parity(model: TrainModel, onnx_path: Path, inputs: list[np.ndarray]) -> floa
 
 
 def load_checkpoint(path: Path) -> tuple[TrainModel, dict[str, Any]]:
-    """Rebuild the `TrainModel` of a `train.py` checkpoint (eval mode)."""
+    """Rebuild the `TrainModel` of a `train.py` checkpoint (eval mode), with the explicit
+    anchors of its `--anchors` fragment (`st["anchors"]`) when it was trained with one."""
     st = torch.load(path, weights_only=False, map_location="cpu")
+    rec = st.get("anchors")
+    wh = None
+    if rec is not None:
+        wh = parse_fragment(
+            rec["fragment"], str(rec["file"]), STRIDES, num_anchors(st["method"])
+        ).per_level
     model = TrainModel(
         st["method"],
         len(BCCD_CLASSES),
         ModelSize(),
         shiftless_bn=bool(st.get("shiftless_bn", True)),
+        anchors_wh=wh,
     )
     model.load_state_dict(st["model"])
     return model.eval(), st
@@ -163,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": "BCCD trainval (292 images)",
         "anchors": model.priors.spec(),
     }
+    if st.get("anchors") is not None:
+        prov["anchors_file"] = st["anchors"]
     if a.provenance:
         prov.update(json.loads(a.provenance.read_text()))
     spec = model.spec(BCCD_CLASSES, a.name, scale, prov)
@@ -205,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.save_torch:
         slim = {k: st[k] for k in ("method", "seed", "epoch", "iter", "scale")}
         slim["shiftless_bn"] = bool(st.get("shiftless_bn", True))
+        slim["anchors"] = st.get("anchors")
         slim["model"] = model.state_dict()
         a.save_torch.parent.mkdir(parents=True, exist_ok=True)
         tmp = a.save_torch.with_suffix(".tmp")

@@ -14,7 +14,12 @@ from torch import Tensor
 
 from .anchors import bbox2delta, box_iou, delta2bbox
 from .assigners import atss_assign, max_iou_assign, piou_assign
-from .priors import AnchorPriors, LearnedAnchorPriors, PointPriors
+from .priors import (
+    AnchorPriors,
+    ExplicitAnchorPriors,
+    LearnedAnchorPriors,
+    PointPriors,
+)
 
 EPS = 1e-12
 ATSS_STDS = (0.1, 0.1, 0.2, 0.2)
@@ -304,7 +309,7 @@ def piou_loss(
 
 
 def all_priors(
-    priors: AnchorPriors | LearnedAnchorPriors | PointPriors,
+    priors: AnchorPriors | ExplicitAnchorPriors | LearnedAnchorPriors | PointPriors,
     shapes: list[tuple[int, int]],
 ) -> tuple[Tensor, list[int], Tensor]:
     """Concatenate per-level priors for feature-map `shapes` `[(H, W)]`: returns

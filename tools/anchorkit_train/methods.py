@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,12 @@ from torch import Tensor, nn
 from .data import MEAN_RGB, STD_RGB
 from .losses import ATSS_STDS, FREEANCHOR_STDS, RETINA_STDS
 from .model import STRIDES, Detector, HeadConfig
-from .priors import AnchorPriors, LearnedAnchorPriors, PointPriors
+from .priors import (
+    AnchorPriors,
+    ExplicitAnchorPriors,
+    LearnedAnchorPriors,
+    PointPriors,
+)
 
 METHODS = (
     "atss",
@@ -23,6 +29,18 @@ METHODS = (
 )
 #: FCOS regress ranges for our three levels (max side distance in input pixels).
 REGRESS_RANGES = [(-1.0, 64.0), (64.0, 128.0), (128.0, 1e8)]
+#: Methods whose anchors `--anchors FILE` can replace (fixed, or the init of learned anchors).
+EXPLICIT_ANCHOR_METHODS = (
+    "retina",
+    "freeanchor",
+    "retina_learned",
+    "freeanchor_learned",
+)
+
+
+def num_anchors(method: str) -> int:
+    """Anchors (priors) per location A of a method's head."""
+    return 9 if method in EXPLICIT_ANCHOR_METHODS else 1
 
 
 @dataclass(frozen=True)
@@ -39,7 +57,10 @@ class TrainModel(nn.Module):
 
     `loss_kind` is the loss used by `losses.compute_loss`; `stds` the DeltaXYWH stds (None for
     point heads). `shiftless_bn` (learned-anchor methods only) adds the batch norm without
-    shift on the predicted dw, dh (Zhong et al.); False is the ablation without it."""
+    shift on the predicted dw, dh (Zhong et al.); False is the ablation without it.
+    `anchors_wh` (per-level `(w, h)` lists, A = 9 each; `EXPLICIT_ANCHOR_METHODS` only)
+    replaces the default RetinaNet anchors by fixed explicit anchors, or initialises the
+    learned ones."""
 
     def __init__(
         self,
@@ -47,14 +68,31 @@ class TrainModel(nn.Module):
         num_classes: int,
         size: ModelSize = ModelSize(),
         shiftless_bn: bool = True,
+        anchors_wh: Sequence[Sequence[tuple[float, float]]] | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
         self.method = method
         self.num_classes = num_classes
-        retina_anchors = AnchorPriors(STRIDES, 3.0, 3, [0.5, 1.0, 2.0])
-        self.priors: AnchorPriors | LearnedAnchorPriors | PointPriors
+        retina_anchors: AnchorPriors | ExplicitAnchorPriors
+        if anchors_wh is None:
+            retina_anchors = AnchorPriors(STRIDES, 3.0, 3, [0.5, 1.0, 2.0])
+        elif method not in EXPLICIT_ANCHOR_METHODS:
+            raise ValueError(
+                f"method {method!r} takes no explicit anchors "
+                f"(only {', '.join(EXPLICIT_ANCHOR_METHODS)})"
+            )
+        else:
+            retina_anchors = ExplicitAnchorPriors(STRIDES, anchors_wh)
+            if retina_anchors.num_anchors != num_anchors(method):
+                raise ValueError(
+                    f"{retina_anchors.num_anchors} anchors per level, the {method} head "
+                    f"has A = {num_anchors(method)}"
+                )
+        self.priors: (
+            AnchorPriors | ExplicitAnchorPriors | LearnedAnchorPriors | PointPriors
+        )
         self.stds: tuple[float, ...] | None
         if method == "atss":
             head = HeadConfig(

@@ -1,6 +1,9 @@
 """Prior (anchor / point) providers, one per spec `PriorSpec` variant (see `src/spec.rs`).
 
 - `AnchorPriors`: mmdet `AnchorGenerator` (reference section 2) -> `{"type": "anchors"}`.
+- `ExplicitAnchorPriors`: fixed per-level (w, h) shapes (e.g. from `anchorkit anchors
+  --write-spec`) placed like mmdet `AnchorGenerator` (centre offset 0) -> `{"type":
+  "explicit_anchors"}`.
 - `LearnedAnchorPriors`: per-level (w, h) shapes as trainable log-space parameters (Zhong et
   al., "Anchor Box Optimization for Object Detection", WACV 2020) -> `{"type":
   "explicit_anchors"}`.
@@ -9,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,15 +63,62 @@ class AnchorPriors(nn.Module):
         }
 
 
+class ExplicitAnchorPriors(nn.Module):
+    """Fixed explicit anchors: `wh[l, a] = (w, h)` in input pixels (float32, a persistent,
+    non-trainable buffer), base anchors `[-w/2, -h/2, w/2, h/2]` at every location
+    `(x*stride, y*stride)` (centre offset 0, mmdet `AnchorGenerator` with explicit base sizes).
+    """
+
+    wh: Tensor
+
+    def __init__(
+        self,
+        strides: tuple[int, ...],
+        per_level: Sequence[Sequence[tuple[float, float]]],
+    ) -> None:
+        super().__init__()
+        if len(per_level) != len(strides):
+            raise ValueError(
+                f"{len(per_level)} anchor levels for {len(strides)} strides {strides}"
+            )
+        counts = {len(lvl) for lvl in per_level}
+        if len(counts) != 1 or 0 in counts:
+            raise ValueError(f"anchor levels must have the same A > 0, found {counts}")
+        self.strides = strides
+        self.num_anchors = counts.pop()
+        wh = torch.tensor(
+            [[list(s) for s in lvl] for lvl in per_level], dtype=torch.float32
+        )
+        self.register_buffer("wh", wh)
+
+    def base(self, level: int) -> Tensor:
+        """Base anchors `[A, 4]` of level `level`."""
+        return explicit_base_anchors(self.wh[level])
+
+    def level(self, level: int, height: int, width: int) -> Tensor:
+        """All anchors `[H*W*A, 4]` of a level."""
+        return grid_anchors(self.base(level), self.strides[level], height, width)
+
+    def spec(self) -> dict[str, Any]:
+        """`PriorSpec::ExplicitAnchors` JSON (the float32 shapes, centre offset 0)."""
+        return {
+            "type": "explicit_anchors",
+            "per_level": [
+                [[float(w), float(h)] for w, h in lvl] for lvl in self.wh.tolist()
+            ],
+            "center_offset": 0.0,
+        }
+
+
 class LearnedAnchorPriors(nn.Module):
     """Trainable anchor shapes: `log_wh` `[L, A, 2]` (natural log of w, h in pixels).
 
-    Initialised from an `AnchorPriors` set; gradients reach `log_wh` through the
+    Initialised from an `AnchorPriors` or `ExplicitAnchorPriors` set; gradients reach `log_wh` through the
     localization loss (targets `ln(gw / aw)` depend on the anchor) and, during warm-up,
     through the online-clustering term `clustering_loss`.
     """
 
-    def __init__(self, init: AnchorPriors) -> None:
+    def __init__(self, init: AnchorPriors | ExplicitAnchorPriors) -> None:
         super().__init__()
         self.strides = init.strides
         self.num_anchors = init.num_anchors

@@ -6,7 +6,14 @@ Example (from the repo root):
 
 Writes `<out>/last.pt` (checkpoint after every epoch, atomic), `<out>/log.jsonl` (one JSON
 line per epoch: losses, lr, wall time, test AP/AP50 when evaluated, learned anchors), and
-`<out>/args.json`. `--resume` continues from `last.pt` with the same schedule and data
+`<out>/args.json`. `--anchors FILE` (retina, freeanchor and their *_learned variants) replaces
+the default RetinaNet anchors by the per-level shapes of an `anchorkit anchors --write-spec
+FILE` fragment (fixed explicit anchors, centre offset 0; the init of learned anchors), e.g.
+    anchorkit anchors --dataset ../shared/data/bccd/BCCD --split trainval \
+        --resize keep-ratio --input-size 416x312 --strides 8,16,32 --layout fpn --k 9 \
+        --method kmeans --write-spec models/anchors/bccd_kmeans9_fpn.json
+The file name, its sha256 and its content go into the checkpoint (`anchors`) and, through
+`export.py`, into the spec's provenance. `--resume` continues from `last.pt` with the same schedule and data
 order (per-epoch RNG seeded from `(seed, epoch)`).
 """
 
@@ -24,10 +31,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from .anchor_fragment import AnchorFragment, AnchorFragmentError, read_fragment
 from .data import BCCD_CLASSES, AugConfig, TrainSet, load_voc
 from .evaluate import coco_eval, detect_all
 from .losses import compute_loss
-from .methods import METHODS, REGRESS_RANGES, ExportWrapper, ModelSize, TrainModel
+from .methods import (
+    EXPLICIT_ANCHOR_METHODS,
+    METHODS,
+    REGRESS_RANGES,
+    ExportWrapper,
+    ModelSize,
+    TrainModel,
+    num_anchors,
+)
+from .model import STRIDES
 from .priors import LearnedAnchorPriors
 
 log = logging.getLogger("anchorkit_train")
@@ -145,9 +162,33 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="learned anchors: ablate the batch norm without shift on dw, dh",
     )
+    ap.add_argument(
+        "--anchors",
+        type=Path,
+        help="spec fragment of `anchorkit anchors --write-spec` with the anchor shapes "
+        f"(methods {', '.join(EXPLICIT_ANCHOR_METHODS)}; strides {list(STRIDES)}, A = 9)",
+    )
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    frag: AnchorFragment | None = None
+    if a.anchors is not None:
+        if a.method not in EXPLICIT_ANCHOR_METHODS:
+            ap.error(
+                f"--anchors {a.anchors}: method {a.method} has no anchor shapes to "
+                f"replace (use one of {', '.join(EXPLICIT_ANCHOR_METHODS)})"
+            )
+        try:
+            frag = read_fragment(a.anchors, STRIDES, num_anchors(a.method))
+        except AnchorFragmentError as e:
+            ap.error(str(e))
+        if frag.center_offset != 0.0:
+            log.info(
+                "%s: centre offset %g in the file is not used: the trainer places "
+                "anchors at (x*stride, y*stride) (offset 0, mmdet AnchorGenerator)",
+                a.anchors,
+                frag.center_offset,
+            )
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -165,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ds = TrainSet(train_recs, aug)
     model = TrainModel(
-        a.method, len(classes), ModelSize(), shiftless_bn=not a.no_shiftless_bn
+        a.method,
+        len(classes),
+        ModelSize(),
+        shiftless_bn=not a.no_shiftless_bn,
+        anchors_wh=frag.per_level if frag is not None else None,
     )
+    anchors_rec = frag.record() if frag is not None else None
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     iters_per_epoch = len(ds.records) // a.batch
     total_iters = iters_per_epoch * a.epochs
@@ -174,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = a.out / "last.pt"
     if a.resume and ckpt.is_file():
         st = torch.load(ckpt, weights_only=False)
+        old = st.get("anchors")
+        if (old or {}).get("fragment") != (anchors_rec or {}).get("fragment"):
+            raise SystemExit(
+                f"error: {ckpt} was trained with anchors "
+                f"{old['file'] if old else 'default'}, resumed with "
+                f"{a.anchors if a.anchors else 'default'} (content differs)"
+            )
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         start_epoch, it = st["epoch"] + 1, st["iter"]
@@ -216,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         rec.update({k: round(v / max(1, n), 5) for k, v in sums.items()})
         if isinstance(model.priors, LearnedAnchorPriors):
             rec["anchors_wh"] = model.priors.spec()["per_level"]
+        if anchors_rec is not None and epoch == start_epoch:
+            rec["anchors_file"] = anchors_rec
         last = epoch == a.epochs - 1 or bool(a.max_iters and it >= a.max_iters)
         if a.eval_every and ((epoch + 1) % a.eval_every == 0 or last):
             te = time.time()
@@ -250,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": a.seed,
                 "scale": list(a.scale),
                 "shiftless_bn": not a.no_shiftless_bn,
+                "anchors": anchors_rec,
             },
             ckpt,
         )
