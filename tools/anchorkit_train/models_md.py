@@ -25,8 +25,10 @@ METHOD_TEXT = {
 }
 
 
-def anchors_text(pri: dict[str, Any]) -> str:
-    """Short description of a `PriorSpec`."""
+def anchors_text(pri: dict[str, Any], prov: dict[str, Any] | None = None) -> str:
+    """Short description of a `PriorSpec`; fixed explicit anchors from an `--anchors` fragment
+    (provenance `anchors_file`) are named by `anchors_command` (else the file) instead of
+    "learned"."""
     if pri["type"] == "anchors":
         return (
             f"default: octave_base_scale {pri['octave_base_scale']:g}, "
@@ -36,7 +38,15 @@ def anchors_text(pri: dict[str, Any]) -> str:
         lv = [
             " ".join(f"{w:.0f}x{h:.0f}" for w, h in level) for level in pri["per_level"]
         ]
-        return "learned (w x h) P3: " + "; P4: ".join(lv[:2]) + "; P5: " + lv[2]
+        af = (prov or {}).get("anchors_file")
+        if af is not None and not str((prov or {}).get("method", "")).endswith(
+            "learned"
+        ):
+            src = (prov or {}).get("anchors_command") or af["file"]
+            label = f"fixed, from `{src}`, (w x h)"
+        else:
+            label = "learned (w x h)"
+        return f"{label} P3: " + "; P4: ".join(lv[:2]) + "; P5: " + lv[2]
     return f"points, offset {pri['offset']}"
 
 
@@ -53,7 +63,7 @@ def row(path: Path) -> str:
         method += ", without the shiftless BN (ablation)"
     return (
         f"| `{path.name}` | {method} | "
-        f"{anchors_text(spec['head']['priors'])} | {pv['params'] / 1e6:.2f} M | "
+        f"{anchors_text(spec['head']['priors'], pv)} | {pv['params'] / 1e6:.2f} M | "
         f"keep_ratio {scale[0]}x{scale[1]} | {pv['epochs']} ep / {pv['iterations']} it | "
         f"`{pv.get('train_command', '?')}` | {pv.get('train_wall_s', 0) / 60:.0f} min | "
         f"{t['AP']:.3f} | {t['AP50']:.3f} | {t['AP75']:.3f} | "
