@@ -143,6 +143,13 @@ fn bench(c: &mut Criterion) {
             b.iter(|| postprocess(black_box(&spec), black_box(&levels), &meta).unwrap())
         });
         // the score scan alone (the memory-bound part)
+        common::report_cpu_time("scan_only_16.1M_logits", 60, || {
+            let mut n = 0usize;
+            for t in &cls {
+                anchorkit::head::select::scan_above(black_box(t), thr, |_, _| n += 1);
+            }
+            n
+        });
         c.bench_function("scan_only_16.1M_logits", |b| {
             b.iter(|| {
                 let mut n = 0usize;

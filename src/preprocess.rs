@@ -350,15 +350,39 @@ impl Preprocessor {
             r1[pl + rw..bw].fill(lb[1]);
             r2[pl + rw..bw].fill(lb[2]);
             let src = &self.resized[(y - pt) * rw * 3..(y - pt + 1) * rw * 3];
-            let d0 = &mut r0[pl..pl + rw];
-            let d1 = &mut r1[pl..pl + rw];
-            let d2 = &mut r2[pl..pl + rw];
-            for (x, px) in src.chunks_exact(3).enumerate() {
-                d0[x] = l0[px[s0] as usize];
-                d1[x] = l1[px[s1] as usize];
-                d2[x] = l2[px[s2] as usize];
+            let d = [
+                &mut r0[pl..pl + rw],
+                &mut r1[pl..pl + rw],
+                &mut r2[pl..pl + rw],
+            ];
+            let l = [l0, l1, l2];
+            match (s0, s1, s2) {
+                (0, 1, 2) => planar_row::<0, 1, 2>(src, d, l),
+                _ => planar_row::<2, 1, 0>(src, d, l),
             }
         }
+    }
+}
+
+/// One row of interleaved RGB8 to three normalized planes through the per-channel LUTs;
+/// tensor channel `c` reads source channel `S_c` (constants, so the loop has no bounds checks
+/// and no index arithmetic beyond the zipped iterators).
+#[inline(always)]
+fn planar_row<const S0: usize, const S1: usize, const S2: usize>(
+    src: &[u8],
+    d: [&mut [f32]; 3],
+    l: [&[f32; 256]; 3],
+) {
+    let [d0, d1, d2] = d;
+    for (((px, a), b), c) in src
+        .chunks_exact(3)
+        .zip(d0.iter_mut())
+        .zip(d1.iter_mut())
+        .zip(d2.iter_mut())
+    {
+        *a = l[0][px[S0] as usize];
+        *b = l[1][px[S1] as usize];
+        *c = l[2][px[S2] as usize];
     }
 }
 

@@ -127,22 +127,21 @@ fn scan_above_avx2(buf: &[f32], t: f32, f: &mut impl FnMut(usize, f32)) {
     let mut i = 0;
     while i < full {
         let blk = &buf[i..i + B];
+        let p = blk.as_ptr();
         // SAFETY: `blk` holds 64 f32, so each unaligned 8-wide load at offset 8*g (g < 8)
         // stays inside it.
-        let m: [__m256; 8] = std::array::from_fn(|g| unsafe {
-            _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(blk.as_ptr().add(8 * g)), tv)
-        });
-        let any = _mm256_or_ps(
-            _mm256_or_ps(_mm256_or_ps(m[0], m[1]), _mm256_or_ps(m[2], m[3])),
-            _mm256_or_ps(_mm256_or_ps(m[4], m[5]), _mm256_or_ps(m[6], m[7])),
-        );
+        let any = unsafe {
+            let m = |g: usize| _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(p.add(8 * g)), tv);
+            _mm256_or_ps(
+                _mm256_or_ps(_mm256_or_ps(m(0), m(1)), _mm256_or_ps(m(2), m(3))),
+                _mm256_or_ps(_mm256_or_ps(m(4), m(5)), _mm256_or_ps(m(6), m(7))),
+            )
+        };
         if _mm256_movemask_ps(any) != 0 {
-            for (g, mg) in m.iter().enumerate() {
-                let mut bits = _mm256_movemask_ps(*mg) as u32;
-                while bits != 0 {
-                    let j = 8 * g + bits.trailing_zeros() as usize;
-                    f(i + j, blk[j]);
-                    bits &= bits - 1;
+            // rare: open the block (the masks are recomputed rather than kept in registers)
+            for (j, &v) in blk.iter().enumerate() {
+                if v > t {
+                    f(i + j, v);
                 }
             }
         }
