@@ -114,18 +114,32 @@ fn seed_pp(p: &ShapeProblem, k: usize, ref_scale: f32, rng: &mut ChaCha8Rng) -> 
 
 /// Lloyd iterations (mean w, h of members as in darknet); returns iterations run.
 fn lloyd(p: &ShapeProblem, centers: &mut [[f32; 2]], max_iter: usize) -> usize {
+    // Lloyd's mean update is not monotone for the 1 - IoU distance: it can cycle between a few
+    // assignments without converging. The best centres seen are kept, and the loop stops once
+    // the mean best IoU has not improved by more than `TOL` for `PATIENCE` iterations (or the
+    // assignment is a fixed point).
+    const TOL: f64 = 1e-6;
+    const PATIENCE: usize = 3;
     let k = centers.len();
     let mut prev: Vec<(u32, u8)> = Vec::new();
-    let mut prev_iou = -1.0f64;
+    let mut best = (f64::NEG_INFINITY, centers.to_vec());
+    let mut stall = 0usize;
     for it in 0..max_iter {
         let asg = p.assign(centers, false);
         let cur: Vec<(u32, u8)> = asg.iter().map(|m| (m.shape, m.level)).collect();
         let iou = asg.iter().map(|m| m.value as f64).sum::<f64>() / asg.len().max(1) as f64;
-        // converged: no reassignment, or the mean IoU stalls (Lloyd can cycle on ties)
-        if cur == prev || (iou - prev_iou).abs() < 1e-7 {
+        if iou > best.0 + TOL {
+            stall = 0;
+        } else {
+            stall += 1;
+        }
+        if iou > best.0 {
+            best = (iou, centers.to_vec());
+        }
+        if cur == prev || stall >= PATIENCE {
+            centers.copy_from_slice(&best.1);
             return it;
         }
-        prev_iou = iou;
         let sums = member_sums(p, &asg, k);
         for (c, s) in sums.iter().enumerate() {
             if s.2 > 0.0 {
@@ -145,6 +159,7 @@ fn lloyd(p: &ShapeProblem, centers: &mut [[f32; 2]], max_iter: usize) -> usize {
         }
         prev = cur;
     }
+    centers.copy_from_slice(&best.1);
     max_iter
 }
 
@@ -270,14 +285,21 @@ pub fn kmeans(p: &ShapeProblem, cfg: &KmeansConfig) -> KmeansResult {
             seed: cfg.seed,
         };
     }
+    // restarts run in parallel; each has its own sub-seed, and the best is picked in restart
+    // order (ties: the lowest restart), so the result does not depend on the thread count
+    let runs: Vec<(f64, Vec<[f32; 2]>, usize)> = (0..cfg.restarts.max(1))
+        .into_par_iter()
+        .map(|r| {
+            let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, r as u64));
+            let mut c = seed_pp(p, k, cfg.ref_scale, &mut rng);
+            let it = lloyd(p, &mut c, cfg.max_iter);
+            (p.mean_best_iou(&c), c, it)
+        })
+        .collect();
     let mut best: Option<(f64, Vec<[f32; 2]>, usize)> = None;
-    for r in 0..cfg.restarts.max(1) {
-        let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, r as u64));
-        let mut c = seed_pp(p, k, cfg.ref_scale, &mut rng);
-        let it = lloyd(p, &mut c, cfg.max_iter);
-        let v = p.mean_best_iou(&c);
-        if best.as_ref().is_none_or(|b| v > b.0) {
-            best = Some((v, c, it));
+    for run in runs {
+        if best.as_ref().is_none_or(|b| run.0 > b.0) {
+            best = Some(run);
         }
     }
     let (lloyd_v, mut c, it) = best.expect("at least one restart");
