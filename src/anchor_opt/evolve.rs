@@ -187,7 +187,7 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         .map(|c| [c[0] * sd[0], c[1] * sd[1]])
         .collect();
     let fitness = |a: &[[f32; 2]]| -> f64 {
-        fp.sum_best(a, true, |v| if v > thr { v as f64 } else { 0.0 }) / fp.len() as f64
+        fp.sum_best_ratio(a, |v| if v > thr { v as f64 } else { 0.0 }) / fp.len() as f64
     };
     let mut f = fitness(&anchors);
     let f0 = f;
