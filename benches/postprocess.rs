@@ -26,19 +26,7 @@ fn spec() -> DetectorSpec {
         format: FORMAT_V1.into(),
         name: "freeanchor-bench".into(),
         classes: (0..80).map(|c| format!("c{c}")).collect(),
-        input: InputSpec {
-            name: "input".into(),
-            channel_order: ChannelOrder::Rgb,
-            mean: [123.675, 116.28, 103.53],
-            std: [58.395, 57.12, 57.375],
-            resize: ResizeRule::KeepRatio { scale: [1333, 800] },
-            pad: PadSpec {
-                size_divisor: 32,
-                value: 0.0,
-            },
-            dynamic_hw: true,
-            exif_orientation: true,
-        },
+        input: common::mmdet_input(),
         head: HeadSpec {
             kind: HeadKind::Retina,
             layout: TensorLayout::Nchw,

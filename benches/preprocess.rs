@@ -8,28 +8,11 @@
 //! Run: `CARGO_TARGET_DIR=/work/target-release cargo bench --bench preprocess`
 
 use anchorkit::preprocess::{Preprocessor, decode_image};
-use anchorkit::spec::*;
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::Path;
 
 mod common;
-
-fn input() -> InputSpec {
-    InputSpec {
-        name: "input".into(),
-        channel_order: ChannelOrder::Rgb,
-        mean: [123.675, 116.28, 103.53],
-        std: [58.395, 57.12, 57.375],
-        resize: ResizeRule::KeepRatio { scale: [1333, 800] },
-        pad: PadSpec {
-            size_divisor: 32,
-            value: 0.0,
-        },
-        dynamic_hw: true,
-        exif_orientation: true,
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let path =
@@ -48,7 +31,7 @@ fn bench(c: &mut Criterion) {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build_global();
-    let mut pre = Preprocessor::new(&input());
+    let mut pre = Preprocessor::new(&common::mmdet_input());
     {
         for (name, data) in [
             ("blood_smear_1226x652", &bytes),

@@ -26,15 +26,19 @@ fn offset_boxes(boxes: &[[f32; 4]], labels: &[usize]) -> (Vec<[f32; 4]>, Vec<f32
         .flat_map(|b| b.iter().copied())
         .fold(f32::NEG_INFINITY, f32::max);
     let step = max_coord + 1.0;
-    let mut out = Vec::with_capacity(boxes.len());
-    let mut areas = Vec::with_capacity(boxes.len());
-    for (b, &l) in boxes.iter().zip(labels) {
-        let off = l as f32 * step;
-        let o = [b[0] + off, b[1] + off, b[2] + off, b[3] + off];
-        areas.push((o[2] - o[0]) * (o[3] - o[1]));
-        out.push(o);
-    }
-    (out, areas)
+    boxes
+        .iter()
+        .zip(labels)
+        .map(|(b, &l)| offset_box(b, l, step))
+        .unzip()
+}
+
+/// One box shifted by `label * step` (`step = max_coord + 1`, f32) and its area, as mmcv.
+#[inline(always)]
+fn offset_box(b: &[f32; 4], label: usize, step: f32) -> ([f32; 4], f32) {
+    let off = label as f32 * step;
+    let o = [b[0] + off, b[1] + off, b[2] + off, b[3] + off];
+    (o, (o[2] - o[0]) * (o[3] - o[1]))
 }
 
 /// mmcv CPU kernel's overlap test between a kept box `i` and a later box `j`.
@@ -153,8 +157,8 @@ pub fn batched_nms_fast(
         k.truncate(max_keep);
         return k;
     }
-    // Offset boxes are computed lazily, only for visited boxes, with the same f32 expression
-    // as `offset_boxes` (so the values are bit-identical to mmcv's).
+    // Offset boxes are computed lazily, only for visited boxes (`offset_box`, the expression
+    // `offset_boxes` uses, so the values are bit-identical to mmcv's).
     let step = max_coord + 1.0;
     let n_cls = labels.iter().copied().max().unwrap_or(0) + 1;
     // kept (box, area) per class
@@ -179,10 +183,8 @@ pub fn batched_nms_fast(
         rest[..end - start].sort_unstable();
         for &k in &keys[start..end] {
             let i = (k & 0xffff_ffff) as usize;
-            let (bx, l) = (&boxes[i], labels[i]);
-            let off = l as f32 * step;
-            let b = [bx[0] + off, bx[1] + off, bx[2] + off, bx[3] + off];
-            let a = (b[2] - b[0]) * (b[3] - b[1]);
+            let l = labels[i];
+            let (b, a) = offset_box(&boxes[i], l, step);
             let kc = &mut kept_by_class[l];
             if kc
                 .iter()

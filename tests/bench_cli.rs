@@ -7,7 +7,7 @@ use anchorkit::bench::{self, Plan};
 use anchorkit::runtime::{self, Ep, RuntimeOptions};
 
 mod common;
-use common::{anchorkit, nanodet, runtime_ok};
+use common::{RunOk, anchorkit, nanodet, runtime_ok};
 
 #[test]
 fn bare_run_and_profile_on_cpu() {
@@ -127,13 +127,7 @@ fn bench_cli_sequential_pipeline_and_baseline() {
         .arg(&j2)
         .arg("--baseline")
         .arg(&j1)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("vs baseline") && stdout.contains("throughput"),

@@ -16,7 +16,7 @@ use std::process::Command;
 const TOL: f64 = 1e-9;
 
 mod common;
-use common::{anchorkit, repo as root, runtime_ok, venv_python as python};
+use common::{RunOk, anchorkit, repo as root, runtime_ok, venv_python as python};
 
 fn shared() -> Option<PathBuf> {
     common::shared("data")?;
@@ -270,13 +270,7 @@ fn cli_jsonl_input_matches_pycocotools() {
         .arg(&rp)
         .arg("--json")
         .arg(&js)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]")
@@ -314,7 +308,7 @@ fn bccd_voc_ground_truth_matches_pycocotools() {
             VocCoords::AsWritten => "as-written",
             VocCoords::PixelInclusive => "pixel-inclusive",
         };
-        let out = anchorkit()
+        anchorkit()
             .args(["eval", "--voc"])
             .arg(&voc_root)
             .args([
@@ -331,13 +325,7 @@ fn bccd_voc_ground_truth_matches_pycocotools() {
             .arg(&gp)
             .arg("--json")
             .arg(&js)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .run_ok();
         let ours: serde_json::Value = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
         let reference = pycocotools(&py, &gp, &rp);
         assert_same(&ours, &reference, &format!("BCCD test {coords_arg}"));
@@ -377,20 +365,14 @@ fn eval_errors_name_the_file() {
 /// Runs `anchorkit eval` with `args`, returns the JSON report and the saved results path.
 fn eval_cli(args: &[&std::ffi::OsStr], dir: &Path) -> (serde_json::Value, PathBuf) {
     let (rp, js) = (dir.join("res.json"), dir.join("report.json"));
-    let out = anchorkit()
+    anchorkit()
         .arg("eval")
         .args(args)
         .arg("--save-results")
         .arg(&rp)
         .arg("--json")
         .arg(&js)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "anchorkit eval failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok();
     let v = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
     (v, rp)
 }

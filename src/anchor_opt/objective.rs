@@ -79,9 +79,12 @@ fn best_ratio_chunk_body(
     t: &ShapeTable,
     best: &mut [f32],
 ) {
+    // `best` is one chunk (at most CHUNK boxes): the scaled sizes live on the stack
     let n = best.len();
+    debug_assert!(n <= CHUNK);
     let (mut bw, mut bh, mut ibw, mut ibh) =
-        (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        ([0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK]);
+    let (bw, bh, ibw, ibh) = (&mut bw[..n], &mut bh[..n], &mut ibw[..n], &mut ibh[..n]);
     for &inv in inv_strides {
         for i in 0..n {
             bw[i] = w[i] * inv;
@@ -91,7 +94,12 @@ fn best_ratio_chunk_body(
         }
         for k in 0..t.w.len() {
             let (aw, ah, iaw, iah) = (t.w[k], t.h[k], t.iw[k], t.ih[k]);
-            for ((((b, &x), &y), &ix), &iy) in best.iter_mut().zip(&bw).zip(&bh).zip(&ibw).zip(&ibh)
+            for ((((b, &x), &y), &ix), &iy) in best
+                .iter_mut()
+                .zip(bw.iter())
+                .zip(bh.iter())
+                .zip(ibw.iter())
+                .zip(ibh.iter())
             {
                 let v = (x * iaw).min(aw * ix).min((y * iah).min(ah * iy));
                 if v > *b {

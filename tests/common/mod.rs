@@ -84,3 +84,20 @@ pub fn anchorkit() -> Command {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Run a command that must succeed: its output, or a panic showing its stderr.
+pub trait RunOk {
+    fn run_ok(&mut self) -> std::process::Output;
+}
+
+impl RunOk for Command {
+    fn run_ok(&mut self) -> std::process::Output {
+        let out = self.output().expect("start the command");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
