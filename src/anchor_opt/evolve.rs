@@ -88,9 +88,62 @@ mod rand_distr_free {
     }
 }
 
-/// Euclidean k-means on whitened points; returns (centres, distortion).
-fn whitened_run(pts: &[[f32; 2]], k: usize, rng: &mut ChaCha8Rng) -> (Vec<[f32; 2]>, f64) {
-    let n = pts.len();
+/// Points in SoA form for the whitened k-means.
+struct Points {
+    x: Vec<f32>,
+    y: Vec<f32>,
+}
+
+/// Squared distance to the nearest centre and its index for every point (dense: centres in the
+/// outer loop, points in the vectorized inner one; AVX2 when present). Ties go to the first
+/// centre, as scipy's `vq`.
+fn nearest(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { nearest_avx2(pts, c, bd, bk) };
+        return;
+    }
+    nearest_body(pts, c, bd, bk)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn nearest_avx2(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) {
+    nearest_body(pts, c, bd, bk)
+}
+
+#[inline(always)]
+fn nearest_body(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) {
+    // blocks of points stay in L1 while every centre passes over them
+    const BLOCK: usize = 1024;
+    let n = pts.x.len();
+    let (px, py, bd, bk) = (&pts.x[..n], &pts.y[..n], &mut bd[..n], &mut bk[..n]);
+    for (((bd, bk), px), py) in bd
+        .chunks_mut(BLOCK)
+        .zip(bk.chunks_mut(BLOCK))
+        .zip(px.chunks(BLOCK))
+        .zip(py.chunks(BLOCK))
+    {
+        bd.fill(f32::INFINITY);
+        bk.fill(0);
+        for (j, q) in c.iter().enumerate() {
+            let j = j as u32;
+            for (((d, k), &x), &y) in bd.iter_mut().zip(bk.iter_mut()).zip(px).zip(py) {
+                let (dx, dy) = (x - q[0], y - q[1]);
+                let v = dx * dx + dy * dy;
+                let better = v < *d;
+                *d = if better { v } else { *d };
+                *k = if better { j } else { *k };
+            }
+        }
+    }
+}
+
+/// Euclidean k-means on whitened points (one scipy `cluster.vq.kmeans` run, `_kmeans`: stop
+/// when the mean distance changes by at most `1e-5`); returns (centres, mean distance).
+fn whitened_run(pts: &Points, k: usize, rng: &mut ChaCha8Rng) -> (Vec<[f32; 2]>, f64) {
+    let n = pts.x.len();
     // k distinct random points
     let mut idx: Vec<usize> = Vec::with_capacity(k);
     while idx.len() < k.min(n) {
@@ -99,45 +152,71 @@ fn whitened_run(pts: &[[f32; 2]], k: usize, rng: &mut ChaCha8Rng) -> (Vec<[f32; 
             idx.push(i);
         }
     }
-    let mut c: Vec<[f32; 2]> = idx.iter().map(|&i| pts[i]).collect();
+    let mut c: Vec<[f32; 2]> = idx.iter().map(|&i| [pts.x[i], pts.y[i]]).collect();
+    let (mut bd, mut bk) = (vec![0f32; n], vec![0u32; n]);
+    let mut old = vec![u32::MAX; n];
+    // per-cluster sums of x, y and counts, updated for the points whose cluster changed (late
+    // iterations move few points, so this is much cheaper than summing from scratch)
+    let mut sums = vec![(0.0f64, 0.0f64, 0usize); c.len()];
     let mut prev = f64::INFINITY;
     for _ in 0..300 {
-        let mut sums = vec![(0.0f64, 0.0f64, 0usize); c.len()];
-        let mut dist = 0.0f64;
-        let mut worst = (0usize, -1.0f32);
-        for (i, p) in pts.iter().enumerate() {
-            let mut bd = f32::INFINITY;
-            let mut bk = 0;
-            for (j, q) in c.iter().enumerate() {
-                let d = (p[0] - q[0]) * (p[0] - q[0]) + (p[1] - q[1]) * (p[1] - q[1]);
-                if d < bd {
-                    bd = d;
-                    bk = j;
+        nearest(pts, &c, &mut bd, &mut bk);
+        for (i, (&j, o)) in bk.iter().zip(old.iter_mut()).enumerate() {
+            if j != *o {
+                let (x, y) = (pts.x[i] as f64, pts.y[i] as f64);
+                if *o != u32::MAX {
+                    let e = &mut sums[*o as usize];
+                    e.0 -= x;
+                    e.1 -= y;
+                    e.2 -= 1;
                 }
-            }
-            let e = &mut sums[bk];
-            e.0 += p[0] as f64;
-            e.1 += p[1] as f64;
-            e.2 += 1;
-            dist += (bd as f64).sqrt();
-            if bd > worst.1 {
-                worst = (i, bd);
+                let e = &mut sums[j as usize];
+                e.0 += x;
+                e.1 += y;
+                e.2 += 1;
+                *o = j;
             }
         }
-        let avg = dist / n as f64;
+        let avg = mean_sqrt(&bd);
         for (j, s) in sums.iter().enumerate() {
             c[j] = if s.2 > 0 {
                 [(s.0 / s.2 as f64) as f32, (s.1 / s.2 as f64) as f32]
             } else {
-                pts[worst.0]
+                // re-seed an empty cluster with the farthest point
+                let worst = bd
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0usize, -1.0f32),
+                        |acc, (i, &d)| if d > acc.1 { (i, d) } else { acc },
+                    )
+                    .0;
+                [pts.x[worst], pts.y[worst]]
             };
         }
-        if (prev - avg).abs() <= 1e-5 * avg.max(1e-12) {
+        // scipy `_kmeans`: stop once the mean distance changes by at most `thresh = 1e-5`
+        if (prev - avg).abs() <= 1e-5 {
             return (c, avg);
         }
         prev = avg;
     }
     (c, prev)
+}
+
+/// Mean of `sqrt(d)` (f32 square roots, f64 sums over 8 lanes; vectorized).
+fn mean_sqrt(d: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut it = d.chunks_exact(8);
+    for c in &mut it {
+        for j in 0..8 {
+            acc[j] += c[j].sqrt() as f64;
+        }
+    }
+    let mut s: f64 = acc.iter().sum();
+    for &v in it.remainder() {
+        s += v.sqrt() as f64;
+    }
+    s / d.len().max(1) as f64
 }
 
 /// YOLOv5 k-means + genetic evolution.
@@ -166,7 +245,10 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         ((var[0] / n).sqrt() as f32).max(1e-6),
         ((var[1] / n).sqrt() as f32).max(1e-6),
     ];
-    let white: Vec<[f32; 2]> = pts.iter().map(|q| [q[0] / sd[0], q[1] / sd[1]]).collect();
+    let white = Points {
+        x: pts.iter().map(|q| q[0] / sd[0]).collect(),
+        y: pts.iter().map(|q| q[1] / sd[1]).collect(),
+    };
     let runs: Vec<(Vec<[f32; 2]>, f64)> = (0..cfg.kmeans_runs.max(1))
         .into_par_iter()
         .map(|r| {
@@ -186,43 +268,72 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         .iter()
         .map(|c| [c[0] * sd[0], c[1] * sd[1]])
         .collect();
+    // one fitness evaluation on the calling thread (bit-identical to the parallel sum)
     let fitness = |a: &[[f32; 2]]| -> f64 {
-        fp.sum_best_ratio(a, |v| if v > thr { v as f64 } else { 0.0 }) / fp.len() as f64
+        fp.sum_best_seq(a, true, |v| if v > thr { v as f64 } else { 0.0 }) / fp.len() as f64
     };
     let mut f = fitness(&anchors);
     let f0 = f;
+    // The multipliers do not depend on the anchors, so all are drawn up front from the seeded
+    // stream in YOLOv5's order. Generations are then evaluated speculatively in batches:
+    // every candidate of a batch mutates the current anchors and is evaluated in parallel; the
+    // first one that improves is accepted and the rest of the batch (built on the anchors it
+    // replaced) is discarded and redone. The result is identical to the sequential loop.
     let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, 999));
-    let bar = super::run::progress_bar(cfg.generations as u64, "evolving anchors", cfg.progress);
-    let mut accepted = 0;
-    for _ in 0..cfg.generations {
-        let mut v = vec![[1.0f32; 2]; anchors.len()];
-        while v.iter().all(|x| x[0] == 1.0 && x[1] == 1.0) {
-            let scalar: f64 = rng.random();
-            for x in v.iter_mut() {
-                for e in x.iter_mut() {
-                    let m = (rng.random::<f64>() < cfg.mp) as u8 as f64;
-                    *e = ((m * scalar * normal(&mut rng) * cfg.sigma + 1.0).clamp(0.3, 3.0)) as f32;
+    let mults: Vec<Vec<[f32; 2]>> = (0..cfg.generations)
+        .map(|_| {
+            let mut v = vec![[1.0f32; 2]; anchors.len()];
+            while v.iter().all(|x| x[0] == 1.0 && x[1] == 1.0) {
+                let scalar: f64 = rng.random();
+                for x in v.iter_mut() {
+                    for e in x.iter_mut() {
+                        let m = (rng.random::<f64>() < cfg.mp) as u8 as f64;
+                        *e = ((m * scalar * normal(&mut rng) * cfg.sigma + 1.0).clamp(0.3, 3.0))
+                            as f32;
+                    }
                 }
             }
-        }
-        let cand: Vec<[f32; 2]> = anchors
-            .iter()
-            .zip(&v)
+            v
+        })
+        .collect();
+    let mutate = |a: &[[f32; 2]], v: &[[f32; 2]]| -> Vec<[f32; 2]> {
+        a.iter()
+            .zip(v)
             .map(|(a, m)| {
                 [
                     (a[0] * m[0]).max(cfg.min_side),
                     (a[1] * m[1]).max(cfg.min_side),
                 ]
             })
+            .collect()
+    };
+    let bar = super::run::progress_bar(cfg.generations as u64, "evolving anchors", cfg.progress);
+    let batch = (2 * rayon::current_num_threads()).clamp(1, 16);
+    let mut accepted = 0;
+    let mut g = 0;
+    while g < cfg.generations {
+        let end = (g + batch).min(cfg.generations);
+        let evals: Vec<(f64, Vec<[f32; 2]>)> = mults[g..end]
+            .par_iter()
+            .map(|v| {
+                let c = mutate(&anchors, v);
+                (fitness(&c), c)
+            })
             .collect();
-        let fc = fitness(&cand);
-        if fc > f {
-            f = fc;
-            anchors = cand;
-            accepted += 1;
-            bar.set_message(format!("fitness = {f:.4}"));
-        }
-        bar.inc(1);
+        let first = evals.iter().position(|e| e.0 > f);
+        let done = match first {
+            Some(j) => {
+                let (fc, c) = evals.into_iter().nth(j).expect("index from position");
+                f = fc;
+                anchors = c;
+                accepted += 1;
+                bar.set_message(format!("fitness = {f:.4}"));
+                j + 1
+            }
+            None => end - g,
+        };
+        g += done;
+        bar.inc(done as u64);
     }
     bar.finish_and_clear();
     anchors.sort_by(|a, b| (a[0] * a[1]).total_cmp(&(b[0] * b[1])));

@@ -7,7 +7,7 @@
 //! `optimize_anchors.py`. Empty clusters are re-seeded with the worst-matched box instead of
 //! becoming all-zero (mmdet) or being dropped (scipy).
 
-use super::objective::{CHUNK, ShapeProblem, iou_wh};
+use super::objective::{CHUNK, ShapeProblem};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -78,27 +78,31 @@ pub fn canonical(p: &ShapeProblem, i: usize, ref_scale: f32) -> [f32; 2] {
     best
 }
 
-/// k-means++ seeding with `D = 1 - best IoU`.
-fn seed_pp(p: &ShapeProblem, k: usize, ref_scale: f32, rng: &mut ChaCha8Rng) -> Vec<[f32; 2]> {
+/// k-means++ seeding with `D = 1 - best IoU`; `best` is a scratch buffer of `p.len()`.
+fn seed_pp(
+    p: &ShapeProblem,
+    k: usize,
+    ref_scale: f32,
+    rng: &mut ChaCha8Rng,
+    best: &mut [f32],
+) -> Vec<[f32; 2]> {
     let n = p.len();
     let mut centers = Vec::with_capacity(k);
     centers.push(canonical(p, rng.random_range(0..n), ref_scale));
     while centers.len() < k {
-        let best = p.assign(&centers, false);
-        let d2: Vec<f64> = best
-            .iter()
-            .map(|m| {
-                let d = 1.0 - m.value as f64;
-                d * d
-            })
-            .collect();
-        let total: f64 = d2.iter().sum();
+        p.best_into(&centers, false, best, None);
+        let d2 = |v: f32| {
+            let d = 1.0 - v as f64;
+            d * d
+        };
+        let total: f64 = best.iter().map(|&v| d2(v)).sum();
         let idx = if total <= 0.0 {
             rng.random_range(0..n)
         } else {
             let mut t = rng.random::<f64>() * total;
             let mut pick = n - 1;
-            for (i, &d) in d2.iter().enumerate() {
+            for (i, &v) in best.iter().enumerate() {
+                let d = d2(v);
                 if t < d {
                     pick = i;
                     break;
@@ -112,8 +116,22 @@ fn seed_pp(p: &ShapeProblem, k: usize, ref_scale: f32, rng: &mut ChaCha8Rng) -> 
     centers
 }
 
-/// Lloyd iterations (mean w, h of members as in darknet); returns iterations run.
-fn lloyd(p: &ShapeProblem, centers: &mut [[f32; 2]], max_iter: usize) -> usize {
+/// Sum in f64 of the values, in fixed chunks of [`CHUNK`] (the order of the parallel sums).
+fn chunked_sum(v: &[f32]) -> f64 {
+    v.chunks(CHUNK)
+        .map(|c| c.iter().map(|&x| x as f64).sum::<f64>())
+        .sum()
+}
+
+/// Lloyd iterations (mean w, h of members as in darknet) on the calling thread, with scratch
+/// buffers `best` and `arg` of `p.len()`; returns iterations run.
+fn lloyd(
+    p: &ShapeProblem,
+    centers: &mut [[f32; 2]],
+    max_iter: usize,
+    best: &mut [f32],
+    arg: &mut Vec<u32>,
+) -> usize {
     // Lloyd's mean update is not monotone for the 1 - IoU distance: it can cycle between a few
     // assignments without converging. The best centres seen are kept, and the loop stops once
     // the mean best IoU has not improved by more than `TOL` for `PATIENCE` iterations (or the
@@ -121,93 +139,128 @@ fn lloyd(p: &ShapeProblem, centers: &mut [[f32; 2]], max_iter: usize) -> usize {
     const TOL: f64 = 1e-6;
     const PATIENCE: usize = 3;
     let k = centers.len();
-    let mut prev: Vec<(u32, u8)> = Vec::new();
-    let mut best = (f64::NEG_INFINITY, centers.to_vec());
+    let n = p.len();
+    let mut prev: Vec<u32> = vec![u32::MAX; n];
+    let mut top = (f64::NEG_INFINITY, centers.to_vec());
     let mut stall = 0usize;
     for it in 0..max_iter {
-        let asg = p.assign(centers, false);
-        let cur: Vec<(u32, u8)> = asg.iter().map(|m| (m.shape, m.level)).collect();
-        let iou = asg.iter().map(|m| m.value as f64).sum::<f64>() / asg.len().max(1) as f64;
-        if iou > best.0 + TOL {
+        p.best_into(centers, false, best, Some(arg));
+        let iou = chunked_sum(best) / n.max(1) as f64;
+        if iou > top.0 + TOL {
             stall = 0;
         } else {
             stall += 1;
         }
-        if iou > best.0 {
-            best = (iou, centers.to_vec());
+        if iou > top.0 {
+            top = (iou, centers.to_vec());
         }
-        if cur == prev || stall >= PATIENCE {
-            centers.copy_from_slice(&best.1);
+        if *arg == prev || stall >= PATIENCE {
+            centers.copy_from_slice(&top.1);
             return it;
         }
-        let sums = member_sums(p, &asg, k);
+        // per-cluster sums of normalized w, h and counts
+        let mut sums = vec![(0.0f64, 0.0f64, 0usize); k];
+        for (i, &code) in arg.iter().enumerate() {
+            let (l, c) = (code as usize / k, code as usize % k);
+            let inv = p.inv_strides[l];
+            let e = &mut sums[c];
+            e.0 += (p.w[i] * inv) as f64;
+            e.1 += (p.h[i] * inv) as f64;
+            e.2 += 1;
+        }
         for (c, s) in sums.iter().enumerate() {
-            if s.2 > 0.0 {
-                centers[c] = [(s.0 / s.2) as f32, (s.1 / s.2) as f32];
+            if s.2 > 0 {
+                centers[c] = [(s.0 / s.2 as f64) as f32, (s.1 / s.2 as f64) as f32];
             } else {
                 // re-seed an empty cluster with the worst-matched box
-                let (wi, _) = asg
+                let wi = best
                     .iter()
                     .enumerate()
-                    .fold((0, f32::INFINITY), |acc, (i, m)| {
-                        if m.value < acc.1 { (i, m.value) } else { acc }
-                    });
-                let l = asg[wi].level as usize;
-                let inv = p.inv_strides[l];
+                    .fold(
+                        (0, f32::INFINITY),
+                        |acc, (i, &v)| {
+                            if v < acc.1 { (i, v) } else { acc }
+                        },
+                    )
+                    .0;
+                let inv = p.inv_strides[arg[wi] as usize / k];
                 centers[c] = [p.w[wi] * inv, p.h[wi] * inv];
             }
         }
-        prev = cur;
+        std::mem::swap(&mut prev, arg);
     }
-    centers.copy_from_slice(&best.1);
+    centers.copy_from_slice(&top.1);
     max_iter
 }
 
-/// Per-cluster sums of normalized w, h and counts, deterministic.
-fn member_sums(
-    p: &ShapeProblem,
-    asg: &[super::objective::Match],
-    k: usize,
-) -> Vec<(f64, f64, f64)> {
-    let parts: Vec<Vec<(f64, f64, f64)>> = asg
-        .par_chunks(CHUNK)
-        .enumerate()
-        .map(|(c, ch)| {
-            let mut s = vec![(0.0, 0.0, 0.0); k];
-            for (j, m) in ch.iter().enumerate() {
-                let i = c * CHUNK + j;
-                let inv = p.inv_strides[m.level as usize];
-                let e = &mut s[m.shape as usize];
-                e.0 += (p.w[i] * inv) as f64;
-                e.1 += (p.h[i] * inv) as f64;
-                e.2 += 1.0;
-            }
-            s
-        })
-        .collect();
-    let mut tot = vec![(0.0, 0.0, 0.0); k];
-    for part in parts {
-        for (t, s) in tot.iter_mut().zip(part) {
-            t.0 += s.0;
-            t.1 += s.1;
-            t.2 += s.2;
-        }
+/// Members of one cluster in SoA form (normalized sizes and areas).
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    pub w: Vec<f32>,
+    pub h: Vec<f32>,
+    pub a: Vec<f32>,
+}
+
+impl Members {
+    /// Add one member.
+    pub fn push(&mut self, w: f32, h: f32) {
+        self.w.push(w);
+        self.h.push(h);
+        self.a.push(w * h);
     }
-    tot
+
+    /// `sum_i IoU(member_i, (w, h))` in f64 over 8 lanes (vectorized; deterministic).
+    pub fn iou_sum(&self, w: f32, h: f32) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { self.iou_sum_avx2(w, h) };
+        }
+        self.iou_sum_body(w, h)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn iou_sum_avx2(&self, w: f32, h: f32) -> f64 {
+        self.iou_sum_body(w, h)
+    }
+
+    #[inline(always)]
+    fn iou_sum_body(&self, w: f32, h: f32) -> f64 {
+        let sa = w * h;
+        let iou = |x: f32, y: f32, a: f32| {
+            let iw = if x < w { x } else { w };
+            let ih = if y < h { y } else { h };
+            let inter = iw * ih;
+            inter / (a + sa - inter)
+        };
+        let n = self.w.len();
+        let (mw, mh, ma) = (&self.w[..n], &self.h[..n], &self.a[..n]);
+        let mut acc = [0f64; 8];
+        let full = n / 8 * 8;
+        for ((x, y), a) in mw[..full]
+            .chunks_exact(8)
+            .zip(mh[..full].chunks_exact(8))
+            .zip(ma[..full].chunks_exact(8))
+        {
+            for j in 0..8 {
+                acc[j] += iou(x[j], y[j], a[j]) as f64;
+            }
+        }
+        let mut s: f64 = acc.iter().sum();
+        for i in full..n {
+            s += iou(mw[i], mh[i], ma[i]) as f64;
+        }
+        s
+    }
 }
 
 /// Maximize `sum_i IoU(member_i, c)` over `c` by pattern search in `(ln w, ln h)`.
-pub fn iou_center(members: &[[f32; 2]], start: [f32; 2]) -> [f32; 2] {
-    if members.is_empty() {
+pub fn iou_center(members: &Members, start: [f32; 2]) -> [f32; 2] {
+    if members.w.is_empty() {
         return start;
     }
-    let f = |x: [f64; 2]| -> f64 {
-        let (w, h) = (x[0].exp() as f32, x[1].exp() as f32);
-        members
-            .iter()
-            .map(|m| iou_wh(m[0], m[1], w, h) as f64)
-            .sum()
-    };
+    let f = |x: [f64; 2]| -> f64 { members.iou_sum(x[0].exp() as f32, x[1].exp() as f32) };
     let mut x = [(start[0] as f64).ln(), (start[1] as f64).ln()];
     let mut fx = f(x);
     let mut step = 0.02f64;
@@ -248,10 +301,10 @@ pub fn polish(p: &ShapeProblem, centers: &mut [[f32; 2]], rounds: usize) -> f64 
     let mut cur = p.mean_best_iou(centers);
     for _ in 0..rounds {
         let asg = p.assign(centers, false);
-        let mut members: Vec<Vec<[f32; 2]>> = vec![Vec::new(); k];
+        let mut members: Vec<Members> = vec![Members::default(); k];
         for (i, m) in asg.iter().enumerate() {
             let inv = p.inv_strides[m.level as usize];
-            members[m.shape as usize].push([p.w[i] * inv, p.h[i] * inv]);
+            members[m.shape as usize].push(p.w[i] * inv, p.h[i] * inv);
         }
         let new: Vec<[f32; 2]> = members
             .par_iter()
@@ -291,8 +344,10 @@ pub fn kmeans(p: &ShapeProblem, cfg: &KmeansConfig) -> KmeansResult {
         .into_par_iter()
         .map(|r| {
             let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, r as u64));
-            let mut c = seed_pp(p, k, cfg.ref_scale, &mut rng);
-            let it = lloyd(p, &mut c, cfg.max_iter);
+            let mut best = vec![0f32; p.len()];
+            let mut arg = vec![0u32; p.len()];
+            let mut c = seed_pp(p, k, cfg.ref_scale, &mut rng, &mut best);
+            let it = lloyd(p, &mut c, cfg.max_iter, &mut best, &mut arg);
             (p.mean_best_iou(&c), c, it)
         })
         .collect();

@@ -11,10 +11,10 @@
 //!
 //! In the [`Layout::Fpn`](super::Layout) layout a box is compared with `stride_l * shape` for every
 //! level `l`; IoU and the ratio metric are scale invariant, so this is the box scaled by
-//! `1 / stride_l` against the shape. The problem stores the boxes as f32 SoA and evaluates in
-//! parallel over fixed chunks (deterministic sums), skipping levels whose area bound
-//! `min(area) / max(area)` (an upper bound of IoU; its square root bounds the ratio metric)
-//! cannot beat the current best.
+//! `1 / stride_l` against the shape. The problem stores the boxes as f32 SoA and evaluates with a
+//! dense kernel (per chunk of boxes: levels and shapes in the outer loops, boxes in the vectorized
+//! inner loop; AVX2 when present) in parallel over fixed chunks, so sums are deterministic and
+//! do not depend on the thread count.
 
 use rayon::prelude::*;
 
@@ -43,86 +43,254 @@ struct ShapeTable {
     iw: Vec<f32>,
     ih: Vec<f32>,
     a: Vec<f32>,
+    /// Smallest and largest shape area.
     amin: f32,
     amax: f32,
-}
-
-/// Best ratio metric per box of a chunk (see [`ShapeProblem::sum_best_ratio`]); `best` starts
-/// at -1 and is raised in place.
-fn best_ratio_chunk(w: &[f32], h: &[f32], inv_strides: &[f32], t: &ShapeTable, best: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { best_ratio_chunk_avx2(w, h, inv_strides, t, best) };
-        return;
-    }
-    best_ratio_chunk_body(w, h, inv_strides, t, best)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn best_ratio_chunk_avx2(
-    w: &[f32],
-    h: &[f32],
-    inv_strides: &[f32],
-    t: &ShapeTable,
-    best: &mut [f32],
-) {
-    best_ratio_chunk_body(w, h, inv_strides, t, best)
-}
-
-#[inline(always)]
-fn best_ratio_chunk_body(
-    w: &[f32],
-    h: &[f32],
-    inv_strides: &[f32],
-    t: &ShapeTable,
-    best: &mut [f32],
-) {
-    // `best` is one chunk (at most CHUNK boxes): the scaled sizes live on the stack
-    let n = best.len();
-    debug_assert!(n <= CHUNK);
-    let (mut bw, mut bh, mut ibw, mut ibh) =
-        ([0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK]);
-    let (bw, bh, ibw, ibh) = (&mut bw[..n], &mut bh[..n], &mut ibw[..n], &mut ibh[..n]);
-    for &inv in inv_strides {
-        for i in 0..n {
-            bw[i] = w[i] * inv;
-            bh[i] = h[i] * inv;
-            ibw[i] = 1.0 / bw[i];
-            ibh[i] = 1.0 / bh[i];
-        }
-        for k in 0..t.w.len() {
-            let (aw, ah, iaw, iah) = (t.w[k], t.h[k], t.iw[k], t.ih[k]);
-            for ((((b, &x), &y), &ix), &iy) in best
-                .iter_mut()
-                .zip(bw.iter())
-                .zip(bh.iter())
-                .zip(ibw.iter())
-                .zip(ibh.iter())
-            {
-                let v = (x * iaw).min(aw * ix).min((y * iah).min(ah * iy));
-                if v > *b {
-                    *b = v;
-                }
-            }
-        }
-    }
 }
 
 impl ShapeTable {
     fn new(shapes: &[[f32; 2]]) -> Self {
         let w: Vec<f32> = shapes.iter().map(|s| s[0]).collect();
         let h: Vec<f32> = shapes.iter().map(|s| s[1]).collect();
-        let a: Vec<f32> = shapes.iter().map(|s| s[0] * s[1]).collect();
         ShapeTable {
             iw: w.iter().map(|v| 1.0 / v).collect(),
             ih: h.iter().map(|v| 1.0 / v).collect(),
-            amin: a.iter().cloned().fold(f32::INFINITY, f32::min),
-            amax: a.iter().cloned().fold(0.0, f32::max),
+            a: shapes.iter().map(|s| s[0] * s[1]).collect(),
+            amin: shapes
+                .iter()
+                .map(|s| s[0] * s[1])
+                .fold(f32::INFINITY, f32::min),
+            amax: shapes.iter().map(|s| s[0] * s[1]).fold(0.0, f32::max),
             w,
             h,
-            a,
+        }
+    }
+}
+
+/// Sum in f64 over 8 interleaved lanes (element `i` into lane `i % 8`), then the lanes in
+/// order: vectorizable (AVX2 when the CPU has it), and fixed, so sums do not depend on the
+/// thread count.
+pub fn lane_sum(v: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { lane_sum_avx2(v, f) };
+    }
+    lane_sum_body(v, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lane_sum_avx2(v: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    lane_sum_body(v, f)
+}
+
+#[inline(always)]
+fn lane_sum_body(v: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut it = v.chunks_exact(8);
+    for c in &mut it {
+        for j in 0..8 {
+            acc[j] += f(c[j]);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(it.remainder()) {
+        *a += f(x);
+    }
+    acc.iter().sum()
+}
+
+/// Natural logarithm of a positive, finite, normal `x` from its exponent and a polynomial in
+/// `t = (f - 1) / (f + 1)`, `f` in [sqrt(1/2), sqrt(2)) (the atanh series to `t^9`, truncation
+/// below 4e-10): branch-free, so loops over it vectorize, and within 3e-7 relative of
+/// `f64::ln` (tested). Used for Zlocha's focal / ce objectives inside differential evolution,
+/// whose reported values are recomputed with `f64::ln`.
+#[inline(always)]
+pub fn fast_ln(x: f32) -> f32 {
+    let bits = x.to_bits();
+    // exponent relative to the mantissa range [sqrt(1/2), sqrt(2))
+    let adj = bits.wrapping_sub(0x3f35_04f3); // bits of sqrt(1/2)
+    let e = (adj as i32) >> 23;
+    let f = f32::from_bits(bits.wrapping_sub((e as u32) << 23));
+    let t = (f - 1.0) / (f + 1.0);
+    let t2 = t * t;
+    let p = 1.0 / 9.0;
+    let p = p * t2 + 1.0 / 7.0;
+    let p = p * t2 + 1.0 / 5.0;
+    let p = p * t2 + 1.0 / 3.0;
+    let p = p * t2 + 1.0;
+    e as f32 * std::f32::consts::LN_2 + 2.0 * t * p
+}
+
+/// Which per-box best value a dense kernel computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Centred IoU [`iou_wh`].
+    Iou,
+    /// YOLOv5 ratio metric (the expression of [`ratio_wh`] with reciprocals precomputed).
+    Ratio,
+}
+
+/// Best value per box of one chunk (at most [`CHUNK`] boxes) over all levels and shapes,
+/// raised in place (`best` starts at -1); with `arg`, the code `level * K + shape` of the first
+/// best pair in (level, shape) order. Levels and shapes are the outer loops and the boxes the
+/// inner one, so the compiler vectorizes it (AVX2 when the CPU has it).
+fn best_chunk(
+    metric: Metric,
+    w: &[f32],
+    h: &[f32],
+    inv_strides: &[f32],
+    t: &ShapeTable,
+    best: &mut [f32],
+    arg: Option<&mut [u32]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { best_chunk_avx2(metric, w, h, inv_strides, t, best, arg) };
+        return;
+    }
+    best_chunk_dispatch(metric, w, h, inv_strides, t, best, arg)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn best_chunk_avx2(
+    metric: Metric,
+    w: &[f32],
+    h: &[f32],
+    inv_strides: &[f32],
+    t: &ShapeTable,
+    best: &mut [f32],
+    arg: Option<&mut [u32]>,
+) {
+    best_chunk_dispatch(metric, w, h, inv_strides, t, best, arg)
+}
+
+#[inline(always)]
+fn best_chunk_dispatch(
+    metric: Metric,
+    w: &[f32],
+    h: &[f32],
+    inv_strides: &[f32],
+    t: &ShapeTable,
+    best: &mut [f32],
+    arg: Option<&mut [u32]>,
+) {
+    match (metric, arg) {
+        (Metric::Iou, None) => best_chunk_body::<false, false>(w, h, inv_strides, t, best, &mut []),
+        (Metric::Iou, Some(a)) => best_chunk_body::<false, true>(w, h, inv_strides, t, best, a),
+        (Metric::Ratio, None) => {
+            best_chunk_body::<true, false>(w, h, inv_strides, t, best, &mut [])
+        }
+        (Metric::Ratio, Some(a)) => best_chunk_body::<true, true>(w, h, inv_strides, t, best, a),
+    }
+}
+
+#[inline(always)]
+fn best_chunk_body<const RATIO: bool, const ARG: bool>(
+    w: &[f32],
+    h: &[f32],
+    inv_strides: &[f32],
+    t: &ShapeTable,
+    best: &mut [f32],
+    arg: &mut [u32],
+) {
+    // the scaled sizes of one chunk live on the stack
+    let n = best.len();
+    debug_assert!(n <= CHUNK && w.len() == n && h.len() == n);
+    debug_assert!(!ARG || arg.len() == n);
+    let (mut bw, mut bh, mut c1, mut c2) =
+        ([0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK]);
+    let (bw, bh, c1, c2) = (&mut bw[..n], &mut bh[..n], &mut c1[..n], &mut c2[..n]);
+    let (w, h) = (&w[..n], &h[..n]);
+    let ns = t.w.len();
+    let nl = inv_strides.len();
+    // Without argmax (sums only) the best values do not depend on the level order, and a
+    // level can be skipped when no box of the chunk can improve there: IoU <= min(a, A) /
+    // max(a, A) for box area a and shape area A (the ratio metric <= its square root). Levels
+    // are visited by descending bound of the chunk's middle box (chunks of boxes sorted by
+    // area, see [`ShapeProblem::sorted_by_area`], are nearly homogeneous, so most levels are
+    // skipped). With argmax, every pair is visited in (level, shape) order.
+    let prune = !ARG && nl > 1;
+    let bound = |a: f32| -> f32 {
+        let b = a.min(t.amax) / a.max(t.amin);
+        if RATIO { b.sqrt() } else { b }
+    };
+    let mut order: Vec<usize> = (0..nl).collect();
+    if prune {
+        let am = w[n / 2] * h[n / 2];
+        let key: Vec<f32> = inv_strides.iter().map(|&v| bound(am * v * v)).collect();
+        order.sort_by(|&x, &y| key[y].total_cmp(&key[x]));
+    }
+    for (step, &l) in order.iter().enumerate() {
+        let inv = inv_strides[l];
+        if prune && step > 0 {
+            // a margin of 1e-5 covers the rounding of the bound against the computed metric
+            let mut any = false;
+            for ((&x, &y), &b) in w.iter().zip(h.iter()).zip(best.iter()) {
+                any |= bound(x * y * inv * inv) * (1.0 + 1e-5) > b;
+            }
+            if !any {
+                continue;
+            }
+        }
+        for i in 0..n {
+            bw[i] = w[i] * inv;
+            bh[i] = h[i] * inv;
+            if RATIO {
+                c1[i] = 1.0 / bw[i];
+                c2[i] = 1.0 / bh[i];
+            } else {
+                c1[i] = bw[i] * bh[i];
+            }
+        }
+        for k in 0..ns {
+            let code = (l * ns + k) as u32;
+            let (aw, ah, iaw, iah, sa) = (t.w[k], t.h[k], t.iw[k], t.ih[k], t.a[k]);
+            // `if a < b { a } else { b }` is `f32::min` for the finite positive sizes here and
+            // maps to one vector instruction (f32::min's NaN rule costs two more)
+            let metric = |x: f32, y: f32, c1: f32, c2: f32| -> f32 {
+                if RATIO {
+                    let (p, q) = (x * iaw, aw * c1);
+                    let (r, s) = (y * iah, ah * c2);
+                    let u = if p < q { p } else { q };
+                    let v = if r < s { r } else { s };
+                    if u < v { u } else { v }
+                } else {
+                    let iw = if x < aw { x } else { aw };
+                    let ih = if y < ah { y } else { ah };
+                    let inter = iw * ih;
+                    inter / (c1 + sa - inter)
+                }
+            };
+            if ARG {
+                let arg = &mut arg[..n];
+                for (((((b, a), &x), &y), &p), &q) in best
+                    .iter_mut()
+                    .zip(arg.iter_mut())
+                    .zip(bw.iter())
+                    .zip(bh.iter())
+                    .zip(c1.iter())
+                    .zip(c2.iter())
+                {
+                    let v = metric(x, y, p, q);
+                    let better = v > *b;
+                    *b = if better { v } else { *b };
+                    *a = if better { code } else { *a };
+                }
+            } else {
+                for ((((b, &x), &y), &p), &q) in best
+                    .iter_mut()
+                    .zip(bw.iter())
+                    .zip(bh.iter())
+                    .zip(c1.iter())
+                    .zip(c2.iter())
+                {
+                    let v = metric(x, y, p, q);
+                    *b = if v > *b { v } else { *b };
+                }
+            }
         }
     }
 }
@@ -170,6 +338,23 @@ impl ShapeProblem {
         self.w.is_empty()
     }
 
+    /// The same boxes ordered by area (ties by index): sums over boxes then visit chunks of
+    /// similar size, which lets the dense kernel skip levels (see `best_chunk_body`). Sums
+    /// change only by the order of f64 additions.
+    pub fn sorted_by_area(&self) -> ShapeProblem {
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        idx.sort_by(|&a, &b| {
+            (self.w[a] * self.h[a])
+                .total_cmp(&(self.w[b] * self.h[b]))
+                .then(a.cmp(&b))
+        });
+        ShapeProblem {
+            w: idx.iter().map(|&i| self.w[i]).collect(),
+            h: idx.iter().map(|&i| self.h[i]).collect(),
+            inv_strides: self.inv_strides.clone(),
+        }
+    }
+
     /// Keep only boxes with `keep(w, h)` true.
     pub fn filtered(&self, keep: impl Fn(f32, f32) -> bool) -> ShapeProblem {
         let (mut w, mut h) = (Vec::new(), Vec::new());
@@ -186,86 +371,13 @@ impl ShapeProblem {
         }
     }
 
-    /// Best match of box `i` over shapes and levels, for IoU (`ratio = false`) or the YOLOv5
-    /// ratio metric (`ratio = true`). `t` is the precomputed shape table.
-    #[inline]
-    fn best_one(&self, i: usize, t: &ShapeTable, ratio: bool) -> Match {
-        let (amin, amax) = (t.amin, t.amax);
-        let mut best = Match {
-            shape: 0,
-            level: 0,
-            value: -1.0,
-        };
-        let nl = self.inv_strides.len().min(8);
-        let area = self.w[i] * self.h[i];
-        let mut bounds = [0f32; 8];
-        for (l, &inv) in self.inv_strides.iter().enumerate().take(nl) {
-            let a = area * inv * inv;
-            let b = a.min(amax) / a.max(amin);
-            bounds[l] = if ratio { b.sqrt() } else { b };
-        }
-        let mut done = 0u32;
-        for _ in 0..nl {
-            // next level by descending bound
-            let mut lb = usize::MAX;
-            let mut bv = -1.0f32;
-            for (l, &b) in bounds.iter().enumerate().take(nl) {
-                if done & (1 << l) == 0 && b > bv {
-                    bv = b;
-                    lb = l;
-                }
-            }
-            if lb == usize::MAX || bv <= best.value {
-                break;
-            }
-            done |= 1 << lb;
-            let inv = self.inv_strides[lb];
-            let (bw, bh) = (self.w[i] * inv, self.h[i] * inv);
-            if ratio {
-                let (ibw, ibh) = (1.0 / bw, 1.0 / bh);
-                for k in 0..t.w.len() {
-                    let rw = bw * t.iw[k];
-                    let rh = bh * t.ih[k];
-                    let v = rw.min(t.w[k] * ibw).min(rh.min(t.h[k] * ibh));
-                    if v > best.value {
-                        best = Match {
-                            shape: k as u32,
-                            level: lb as u8,
-                            value: v,
-                        };
-                    }
-                }
-            } else {
-                // compare inter / union by cross-multiplication; one division at the end
-                let ba = bw * bh;
-                let (mut bn, mut bd, mut bk) = (0.0f32, 1.0f32, usize::MAX);
-                for k in 0..t.w.len() {
-                    let inter = bw.min(t.w[k]) * bh.min(t.h[k]);
-                    let union = ba + t.a[k] - inter;
-                    if inter * bd > bn * union {
-                        bn = inter;
-                        bd = union;
-                        bk = k;
-                    }
-                }
-                if bk != usize::MAX {
-                    let v = bn / bd;
-                    if v > best.value {
-                        best = Match {
-                            shape: bk as u32,
-                            level: lb as u8,
-                            value: v,
-                        };
-                    }
-                }
-            }
-        }
-        best
-    }
-
-    /// Best match of every box (IoU or ratio metric).
+    /// Best match of every box over shapes and levels: IoU (`ratio = false`, values equal to
+    /// the maximum of [`iou_wh`] over the pairs) or the YOLOv5 ratio metric (`ratio = true`).
+    /// Ties go to the first pair in (level, shape) order. Dense kernel, parallel over chunks.
     pub fn assign(&self, shapes: &[[f32; 2]], ratio: bool) -> Vec<Match> {
-        let rng = ShapeTable::new(shapes);
+        let t = ShapeTable::new(shapes);
+        let metric = if ratio { Metric::Ratio } else { Metric::Iou };
+        let ns = shapes.len().max(1) as u32;
         let mut out = vec![
             Match {
                 shape: 0,
@@ -275,69 +387,97 @@ impl ShapeProblem {
             self.len()
         ];
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
-            for (j, m) in o.iter_mut().enumerate() {
-                *m = self.best_one(c * CHUNK + j, &rng, ratio);
+            let lo = c * CHUNK;
+            let n = o.len();
+            let (mut best, mut arg) = ([-1.0f32; CHUNK], [0u32; CHUNK]);
+            let (best, arg) = (&mut best[..n], &mut arg[..n]);
+            best_chunk(
+                metric,
+                &self.w[lo..lo + n],
+                &self.h[lo..lo + n],
+                &self.inv_strides,
+                &t,
+                best,
+                Some(arg),
+            );
+            for ((m, &v), &a) in o.iter_mut().zip(best.iter()).zip(arg.iter()) {
+                *m = Match {
+                    shape: a % ns,
+                    level: (a / ns) as u8,
+                    value: v,
+                };
             }
         });
         out
     }
 
-    /// Sum over boxes of `f(best value)` in f64, deterministic.
-    pub fn sum_best(&self, shapes: &[[f32; 2]], ratio: bool, f: impl Fn(f32) -> f64 + Sync) -> f64 {
-        let rng = ShapeTable::new(shapes);
-        let n = self.len();
-        let parts: Vec<f64> = (0..n.div_ceil(CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                let mut s = 0.0f64;
-                for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                    s += f(self.best_one(i, &rng, ratio).value);
-                }
-                s
-            })
-            .collect();
-        parts.iter().sum()
-    }
-
-    /// Sum over boxes of `f(best ratio metric)`: the same value as
-    /// `sum_best(shapes, true, f)` (the same f32 expressions, min/max are exact, the same
-    /// chunked f64 summation), computed densely: per chunk of boxes, shapes and levels in the
-    /// outer loops and boxes in the inner one, so the compiler vectorizes it (AVX2 when the CPU
-    /// has it). This is the fitness of [`super::evolve::evolve`] (YOLOv5 `anchor_fitness`),
-    /// evaluated once per generation.
-    pub fn sum_best_ratio(&self, shapes: &[[f32; 2]], f: impl Fn(f32) -> f64 + Sync) -> f64 {
+    /// Best value (and with `arg`, the code `level * K + shape`, see [`Self::assign`]) of every
+    /// box into caller buffers of length [`Self::len`], on the calling thread: the allocation-free
+    /// inner step of k-means restarts that already run in parallel.
+    pub fn best_into(
+        &self,
+        shapes: &[[f32; 2]],
+        ratio: bool,
+        best: &mut [f32],
+        mut arg: Option<&mut [u32]>,
+    ) {
         let t = ShapeTable::new(shapes);
-        let n = self.len();
-        let parts: Vec<f64> = (0..n.div_ceil(CHUNK))
+        let metric = if ratio { Metric::Ratio } else { Metric::Iou };
+        best.fill(-1.0);
+        for (c, b) in best.chunks_mut(CHUNK).enumerate() {
+            let (lo, hi) = (c * CHUNK, c * CHUNK + b.len());
+            let a = arg.as_deref_mut().map(|a| &mut a[lo..hi]);
+            best_chunk(
+                metric,
+                &self.w[lo..hi],
+                &self.h[lo..hi],
+                &self.inv_strides,
+                &t,
+                b,
+                a,
+            );
+        }
+    }
+
+    /// `f(best value)` summed over chunk `c` with [`lane_sum`].
+    fn chunk_sum(&self, t: &ShapeTable, metric: Metric, c: usize, f: &impl Fn(f32) -> f64) -> f64 {
+        let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(self.len()));
+        let mut best = [-1.0f32; CHUNK];
+        let best = &mut best[..hi - lo];
+        best_chunk(
+            metric,
+            &self.w[lo..hi],
+            &self.h[lo..hi],
+            &self.inv_strides,
+            t,
+            best,
+            None,
+        );
+        lane_sum(best, f)
+    }
+
+    /// Sum over boxes of `f(best value)` in f64 (IoU or ratio metric, see [`Self::assign`]),
+    /// deterministic: fixed chunks of [`CHUNK`] boxes summed in order, then the chunk sums in
+    /// order, so the result does not depend on the thread count. This is the fitness of
+    /// [`super::evolve::evolve`] (YOLOv5 `anchor_fitness`) and the mean IoU of k-means.
+    pub fn sum_best(&self, shapes: &[[f32; 2]], ratio: bool, f: impl Fn(f32) -> f64 + Sync) -> f64 {
+        let t = ShapeTable::new(shapes);
+        let metric = if ratio { Metric::Ratio } else { Metric::Iou };
+        let parts: Vec<f64> = (0..self.len().div_ceil(CHUNK))
             .into_par_iter()
-            .map(|c| {
-                let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
-                let mut best = [-1.0f32; CHUNK];
-                let best = &mut best[..hi - lo];
-                best_ratio_chunk(
-                    &self.w[lo..hi],
-                    &self.h[lo..hi],
-                    &self.inv_strides,
-                    &t,
-                    best,
-                );
-                best.iter().map(|&v| f(v)).sum::<f64>()
-            })
+            .map(|c| self.chunk_sum(&t, metric, c, &f))
             .collect();
         parts.iter().sum()
     }
 
-    /// Sum over boxes of `f(best value)`, single-threaded (for callers that parallelize over
-    /// candidates instead, e.g. differential evolution).
+    /// [`Self::sum_best`] on the calling thread (bit-identical), for callers that parallelize
+    /// over candidates instead (differential evolution).
     pub fn sum_best_seq(&self, shapes: &[[f32; 2]], ratio: bool, f: impl Fn(f32) -> f64) -> f64 {
-        let rng = ShapeTable::new(shapes);
+        let t = ShapeTable::new(shapes);
+        let metric = if ratio { Metric::Ratio } else { Metric::Iou };
         let mut total = 0.0f64;
         for c in 0..self.len().div_ceil(CHUNK) {
-            let mut s = 0.0f64;
-            for i in c * CHUNK..((c + 1) * CHUNK).min(self.len()) {
-                s += f(self.best_one(i, &rng, ratio).value);
-            }
-            total += s;
+            total += self.chunk_sum(&t, metric, c, &f);
         }
         total
     }
@@ -438,10 +578,62 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// The dense ratio kernel gives bit-identical sums to the generic per-box search, in the
-    /// free and the FPN layout, for boxes spanning tiny to huge and several chunk sizes.
+    /// `fast_ln` against `f64::ln` over the IoU range and beyond.
     #[test]
-    fn sum_best_ratio_equals_generic_search() {
+    fn fast_ln_is_within_3e7_relative() {
+        let mut worst = 0f64;
+        let mut x = 1e-12f32;
+        while x < 1e6 {
+            let want = (x as f64).ln();
+            let got = fast_ln(x) as f64;
+            let err = (got - want).abs() / want.abs().max(1.0);
+            worst = worst.max(err);
+            assert!(err < 3e-7, "ln({x}) = {got}, want {want}");
+            x *= 1.0007;
+        }
+        assert!(worst > 0.0);
+        assert_eq!(fast_ln(1.0), 0.0);
+    }
+
+    /// Brute-force best match: every (level, shape) pair in order with the scalar metric
+    /// expressions, first strict maximum wins.
+    fn brute(p: &ShapeProblem, shapes: &[[f32; 2]], ratio: bool) -> Vec<Match> {
+        (0..p.len())
+            .map(|i| {
+                let mut m = Match {
+                    shape: 0,
+                    level: 0,
+                    value: -1.0,
+                };
+                for (l, &inv) in p.inv_strides.iter().enumerate() {
+                    let (bw, bh) = (p.w[i] * inv, p.h[i] * inv);
+                    for (k, s) in shapes.iter().enumerate() {
+                        let v = if ratio {
+                            let (rw, rh) = (bw * (1.0 / s[0]), bh * (1.0 / s[1]));
+                            rw.min(s[0] * (1.0 / bw)).min(rh.min(s[1] * (1.0 / bh)))
+                        } else {
+                            iou_wh(bw, bh, s[0], s[1])
+                        };
+                        if v > m.value {
+                            m = Match {
+                                shape: k as u32,
+                                level: l as u8,
+                                value: v,
+                            };
+                        }
+                    }
+                }
+                m
+            })
+            .collect()
+    }
+
+    /// The dense kernels give bit-identical best values, the same (level, shape) argmax and
+    /// bit-identical chunked sums as the brute-force search, for both metrics, in the free and
+    /// the FPN layout, for boxes spanning tiny to huge and several chunk sizes; the ratio
+    /// expression equals `ratio_wh` to rounding.
+    #[test]
+    fn dense_kernels_equal_brute_force() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         for n in [1usize, 7, CHUNK - 1, CHUNK + 3, 3 * CHUNK + 17] {
             let w: Vec<f32> = (0..n)
@@ -450,7 +642,7 @@ mod tests {
             let h: Vec<f32> = (0..n)
                 .map(|_| 2f32.powf(rng.random_range(0.0..9.0)))
                 .collect();
-            let shapes: Vec<[f32; 2]> = (0..9)
+            let mut shapes: Vec<[f32; 2]> = (0..9)
                 .map(|_| {
                     [
                         2f32.powf(rng.random_range(0.0..6.0)),
@@ -458,14 +650,48 @@ mod tests {
                     ]
                 })
                 .collect();
+            shapes.push(shapes[3]); // an exact tie: the first one must win
             for strides in [None, Some(&[8u32, 16, 32, 64, 128][..])] {
-                let p = ShapeProblem::new(w.clone(), h.clone(), strides);
-                for thr in [0.0f32, 0.25] {
-                    let f = |v: f32| if v > thr { v as f64 } else { 0.0 };
-                    let a = p.sum_best(&shapes, true, f);
-                    let b = p.sum_best_ratio(&shapes, f);
-                    assert_eq!(a.to_bits(), b.to_bits(), "n {n}, fpn {}", strides.is_some());
-                    assert!(a > 0.0 || n < 10, "n {n}: a sum of zero tests nothing");
+                let unsorted = ShapeProblem::new(w.clone(), h.clone(), strides);
+                for (p, ratio) in [
+                    (&unsorted, false),
+                    (&unsorted, true),
+                    (&unsorted.sorted_by_area(), false),
+                    (&unsorted.sorted_by_area(), true),
+                ] {
+                    let want = brute(p, &shapes, ratio);
+                    let got = p.assign(&shapes, ratio);
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            (a.shape, a.level, a.value.to_bits()),
+                            (b.shape, b.level, b.value.to_bits()),
+                            "box {i}, n {n}, ratio {ratio}, fpn {}",
+                            strides.is_some()
+                        );
+                        if ratio {
+                            let inv = p.inv_strides[b.level as usize];
+                            let s = shapes[b.shape as usize];
+                            let r = ratio_wh(p.w[i] * inv, p.h[i] * inv, s[0], s[1]);
+                            assert!((r - b.value).abs() <= 1e-6 * r.max(1.0));
+                        }
+                    }
+                    assert!(got.iter().all(|m| m.shape != 9), "tie went to the copy");
+                    for thr in [0.0f32, 0.25] {
+                        let f = |v: f32| if v > thr { v as f64 } else { 0.0 };
+                        let mut want_sum = 0.0f64;
+                        for ch in want.chunks(CHUNK) {
+                            let mut lanes = [0f64; 8];
+                            for (i, m) in ch.iter().enumerate() {
+                                lanes[i % 8] += f(m.value);
+                            }
+                            want_sum += lanes.iter().sum::<f64>();
+                        }
+                        let a = p.sum_best(&shapes, ratio, f);
+                        let b = p.sum_best_seq(&shapes, ratio, f);
+                        assert_eq!(a.to_bits(), want_sum.to_bits(), "n {n} ratio {ratio}");
+                        assert_eq!(b.to_bits(), want_sum.to_bits(), "n {n} ratio {ratio}");
+                        assert!(a > 0.0 || n < 10, "n {n}: a sum of zero tests nothing");
+                    }
                 }
             }
         }
