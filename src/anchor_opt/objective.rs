@@ -245,50 +245,59 @@ fn best_chunk_body<const RATIO: bool, const ARG: bool>(
                 c1[i] = bw[i] * bh[i];
             }
         }
-        for k in 0..ns {
-            let code = (l * ns + k) as u32;
-            let (aw, ah, iaw, iah, sa) = (t.w[k], t.h[k], t.iw[k], t.ih[k], t.a[k]);
-            // `if a < b { a } else { b }` is `f32::min` for the finite positive sizes here and
-            // maps to one vector instruction (f32::min's NaN rule costs two more)
-            let metric = |x: f32, y: f32, c1: f32, c2: f32| -> f32 {
-                if RATIO {
-                    let (p, q) = (x * iaw, aw * c1);
-                    let (r, s) = (y * iah, ah * c2);
-                    let u = if p < q { p } else { q };
-                    let v = if r < s { r } else { s };
-                    if u < v { u } else { v }
-                } else {
-                    let iw = if x < aw { x } else { aw };
-                    let ih = if y < ah { y } else { ah };
-                    let inter = iw * ih;
-                    inter / (c1 + sa - inter)
-                }
-            };
-            if ARG {
-                let arg = &mut arg[..n];
-                for (((((b, a), &x), &y), &p), &q) in best
-                    .iter_mut()
-                    .zip(arg.iter_mut())
-                    .zip(bw.iter())
-                    .zip(bh.iter())
-                    .zip(c1.iter())
-                    .zip(c2.iter())
-                {
-                    let v = metric(x, y, p, q);
-                    let better = v > *b;
-                    *b = if better { v } else { *b };
-                    *a = if better { code } else { *a };
-                }
+        // `if a < b { a } else { b }` is `f32::min` for the finite positive sizes here and maps
+        // to one vector instruction (f32::min's NaN rule costs two more)
+        let metric = |k: usize, x: f32, y: f32, c1: f32, c2: f32| -> f32 {
+            let (aw, ah) = (t.w[k], t.h[k]);
+            if RATIO {
+                let (p, q) = (x * t.iw[k], aw * c1);
+                let (r, s) = (y * t.ih[k], ah * c2);
+                let u = if p < q { p } else { q };
+                let v = if r < s { r } else { s };
+                if u < v { u } else { v }
             } else {
-                for ((((b, &x), &y), &p), &q) in best
-                    .iter_mut()
-                    .zip(bw.iter())
-                    .zip(bh.iter())
-                    .zip(c1.iter())
-                    .zip(c2.iter())
-                {
-                    let v = metric(x, y, p, q);
-                    *b = if v > *b { v } else { *b };
+                let iw = if x < aw { x } else { aw };
+                let ih = if y < ah { y } else { ah };
+                let inter = iw * ih;
+                inter / (c1 + t.a[k] - inter)
+            }
+        };
+        // blocks of 8 boxes held in registers while every shape passes over them; the
+        // remainder box by box (the same expressions in the same order)
+        let full = n / 8 * 8;
+        for b0 in (0..full).step_by(8) {
+            let mut bb = [0f32; 8];
+            bb.copy_from_slice(&best[b0..b0 + 8]);
+            let mut aa = [0u32; 8];
+            if ARG {
+                aa.copy_from_slice(&arg[b0..b0 + 8]);
+            }
+            let (x, y) = (&bw[b0..b0 + 8], &bh[b0..b0 + 8]);
+            let (p, q) = (&c1[b0..b0 + 8], &c2[b0..b0 + 8]);
+            for k in 0..ns {
+                let code = (l * ns + k) as u32;
+                for j in 0..8 {
+                    let v = metric(k, x[j], y[j], p[j], q[j]);
+                    let better = v > bb[j];
+                    bb[j] = if better { v } else { bb[j] };
+                    if ARG {
+                        aa[j] = if better { code } else { aa[j] };
+                    }
+                }
+            }
+            best[b0..b0 + 8].copy_from_slice(&bb);
+            if ARG {
+                arg[b0..b0 + 8].copy_from_slice(&aa);
+            }
+        }
+        for i in full..n {
+            for k in 0..ns {
+                let v = metric(k, bw[i], bh[i], c1[i], c2[i]);
+                if v > best[i] {
+                    best[i] = v;
+                    if ARG {
+                        arg[i] = (l * ns + k) as u32;
+                    }
                 }
             }
         }

@@ -65,6 +65,8 @@ pub struct OptimizeOptions {
     pub seed: u64,
     /// k-means restarts.
     pub restarts: usize,
+    /// Run the method's final local search (kmeans, evolve, de).
+    pub polish: bool,
     /// Generations (evolve) / max generations (de) / iterations (learned); 0 = method default.
     pub iterations: usize,
     /// Show progress bars.
@@ -154,6 +156,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
             let cfg = KmeansConfig {
                 k: o.k,
                 restarts: o.restarts,
+                polish: o.polish,
                 seed: o.seed,
                 ..KmeansConfig::default()
             };
@@ -183,6 +186,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 seed: o.seed,
                 min_side,
                 progress: o.progress,
+                polish: o.polish,
                 ..EvolveConfig::default()
             };
             let r = evolve(&p, &cfg);
@@ -194,7 +198,8 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 ("yolov5_fitness".to_string(), r.fitness),
                 serde_json::json!({
                     "generations": r.generations, "accepted": r.accepted,
-                    "fitness_kmeans": r.fitness_kmeans, "bpr": r.bpr, "aat": r.aat,
+                    "fitness_kmeans": r.fitness_kmeans, "fitness_evolved": r.fitness_evolved,
+                    "polish_moves": r.polish_moves, "bpr": r.bpr, "aat": r.aat,
                 }),
                 None,
             )
@@ -223,6 +228,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 max_generations: iters(1000),
                 seed: o.seed,
                 progress: o.progress,
+                polish: o.polish,
                 ..DeConfig::default()
             };
             let r = de(&p, &cfg);

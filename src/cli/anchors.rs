@@ -68,6 +68,10 @@ pub struct Args {
     /// k-means restarts.
     #[arg(long, default_value_t = 8)]
     pub restarts: usize,
+    /// Skip the final local search (kmeans: IoU-ascent; evolve: fitness pattern search; de:
+    /// bounded pattern search), e.g. to reproduce a peer exactly.
+    #[arg(long)]
+    pub no_polish: bool,
     /// Generations / iterations of evolve, de, learned (0 = method default).
     #[arg(long, default_value_t = 0)]
     pub iterations: usize,
@@ -186,6 +190,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         strides: a.strides.clone(),
         seed: a.seed,
         restarts: a.restarts,
+        polish: !a.no_polish,
         iterations: a.iterations,
         progress: !a.quiet,
         init: a.init,
