@@ -235,6 +235,8 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
     let min_px = 2.0f32;
     let fp = p.filtered(|w, h| w >= min_px || h >= min_px);
     let fp = if fp.is_empty() { p.clone() } else { fp };
+    // boxes by area: in the fpn layout the fitness kernel then skips levels that cannot win
+    let fp = fp.sorted_by_area();
     let k = cfg.k.min(fp.len()).max(1);
     // whitened k-means on canonical copies
     let pts: Vec<[f32; 2]> = (0..fp.len())
