@@ -188,22 +188,17 @@ pub fn de(p: &ShapeProblem, cfg: &DeConfig) -> DeResult {
             })
             .collect()
     };
-    let energy = |u: &[f64]| -> f64 {
+    // `objective_fast` drives the search; `objective` gives the reported values
+    let eval = |u: &[f64], obj: fn(&ShapeProblem, &[[f32; 2]], DeObjective) -> f64| -> f64 {
         let (r, s) = cfg.decode(&scale(u));
-        objective_fast(
+        obj(
             p,
             &product_shapes(&r, &s, cfg.octave_base_scale),
             cfg.objective,
         )
     };
-    let exact = |u: &[f64]| -> f64 {
-        let (r, s) = cfg.decode(&scale(u));
-        objective(
-            p,
-            &product_shapes(&r, &s, cfg.octave_base_scale),
-            cfg.objective,
-        )
-    };
+    let energy = |u: &[f64]| eval(u, objective_fast);
+    let exact = |u: &[f64]| eval(u, objective);
     let mut en: Vec<f64> = pop.par_iter().map(|u| energy(u)).collect();
     let mut evals = np;
     let bar = super::run::progress_bar(

@@ -16,7 +16,7 @@
 //! 2 px floor applies to the finest level.
 
 use super::kmeans::{canonical, sub_seed};
-use super::objective::ShapeProblem;
+use super::objective::{ShapeProblem, lane_sum};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr_free::normal;
@@ -187,7 +187,7 @@ fn whitened_run(pts: &Points, k: usize, rng: &mut ChaCha8Rng) -> (Vec<[f32; 2]>,
                 *o = j;
             }
         }
-        let avg = mean_sqrt(&bd);
+        let avg = lane_sum(&bd, |d| d.sqrt() as f64) / n as f64;
         for (j, s) in sums.iter().enumerate() {
             c[j] = if s.2 > 0 {
                 [(s.0 / s.2 as f64) as f32, (s.1 / s.2 as f64) as f32]
@@ -211,22 +211,6 @@ fn whitened_run(pts: &Points, k: usize, rng: &mut ChaCha8Rng) -> (Vec<[f32; 2]>,
         prev = avg;
     }
     (c, prev)
-}
-
-/// Mean of `sqrt(d)` (f32 square roots, f64 sums over 8 lanes; vectorized).
-fn mean_sqrt(d: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let mut it = d.chunks_exact(8);
-    for c in &mut it {
-        for j in 0..8 {
-            acc[j] += c[j].sqrt() as f64;
-        }
-    }
-    let mut s: f64 = acc.iter().sum();
-    for &v in it.remainder() {
-        s += v.sqrt() as f64;
-    }
-    s / d.len().max(1) as f64
 }
 
 /// YOLOv5 k-means + genetic evolution.
@@ -357,19 +341,18 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         // different boxes, so their moves usually add up); when nothing improves, the step
         // halves (0.05, 0.025, 0.0125).
         let mut step = 0.05f32;
-        let neighbour = |a: &[[f32; 2]], m: usize, step: f32, c: &mut Vec<[f32; 2]>| {
-            c.clear();
-            c.extend_from_slice(a);
-            let e = &mut c[m / 4][(m / 2) % 2];
+        // move `m` of the polish: side `(m / 2) % 2` of anchor `m / 4` scaled by exp(+-step)
+        let apply = |c: &mut [[f32; 2]], m: usize, step: f32| {
             let s = if m.is_multiple_of(2) { step } else { -step };
+            let e = &mut c[m / 4][(m / 2) % 2];
             *e = (*e * s.exp()).max(cfg.min_side);
         };
         while step >= 1e-2 {
             let fs: Vec<f64> = (0..4 * anchors.len())
                 .into_par_iter()
                 .map(|m| {
-                    let mut c = Vec::new();
-                    neighbour(&anchors, m, step, &mut c);
+                    let mut c = anchors.clone();
+                    apply(&mut c, m, step);
                     fitness(&c)
                 })
                 .collect();
@@ -384,12 +367,12 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
                 step *= 0.5;
                 continue;
             }
-            let mut single = Vec::new();
-            neighbour(&anchors, bi, step, &mut single);
+            let mut single = anchors.clone();
+            apply(&mut single, bi, step);
             // every anchor's best improving move, combined
             let mut comb = anchors.clone();
             let mut moved = 0;
-            for (j, c) in comb.iter_mut().enumerate() {
+            for j in 0..anchors.len() {
                 let (mut mi, mut mf) = (usize::MAX, f);
                 for (m, &fc) in fs.iter().enumerate().skip(4 * j).take(4) {
                     if fc > mf {
@@ -398,9 +381,7 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
                     }
                 }
                 if mi != usize::MAX {
-                    let s = if mi.is_multiple_of(2) { step } else { -step };
-                    let e = &mut c[(mi / 2) % 2];
-                    *e = (*e * s.exp()).max(cfg.min_side);
+                    apply(&mut comb, mi, step);
                     moved += 1;
                 }
             }

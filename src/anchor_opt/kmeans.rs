@@ -7,7 +7,7 @@
 //! `optimize_anchors.py`. Empty clusters are re-seeded with the worst-matched box instead of
 //! becoming all-zero (mmdet) or being dropped (scipy).
 
-use super::objective::{CHUNK, ShapeProblem};
+use super::objective::{ShapeProblem, lane_sum};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -116,13 +116,6 @@ fn seed_pp(
     centers
 }
 
-/// Sum in f64 of the values, in fixed chunks of [`CHUNK`] (the order of the parallel sums).
-fn chunked_sum(v: &[f32]) -> f64 {
-    v.chunks(CHUNK)
-        .map(|c| c.iter().map(|&x| x as f64).sum::<f64>())
-        .sum()
-}
-
 /// Lloyd iterations (mean w, h of members as in darknet) on the calling thread, with scratch
 /// buffers `best` and `arg` of `p.len()`; returns iterations run.
 fn lloyd(
@@ -145,7 +138,7 @@ fn lloyd(
     let mut stall = 0usize;
     for it in 0..max_iter {
         p.best_into(centers, false, best, Some(arg));
-        let iou = chunked_sum(best) / n.max(1) as f64;
+        let iou = lane_sum(best, |v| v as f64) / n.max(1) as f64;
         if iou > top.0 + TOL {
             stall = 0;
         } else {

@@ -131,59 +131,49 @@ pub enum Metric {
     Ratio,
 }
 
-/// Best value per box of one chunk (at most [`CHUNK`] boxes) over all levels and shapes,
-/// raised in place (`best` starts at -1); with `arg`, the code `level * K + shape` of the first
-/// best pair in (level, shape) order. Levels and shapes are the outer loops and the boxes the
-/// inner one, so the compiler vectorizes it (AVX2 when the CPU has it).
-fn best_chunk(
-    metric: Metric,
-    w: &[f32],
-    h: &[f32],
-    inv_strides: &[f32],
-    t: &ShapeTable,
-    best: &mut [f32],
-    arg: Option<&mut [u32]>,
-) {
+impl Metric {
+    /// `Ratio` when `ratio`, else `Iou`.
+    pub fn of(ratio: bool) -> Metric {
+        if ratio { Metric::Ratio } else { Metric::Iou }
+    }
+}
+
+/// The boxes of one chunk (at most [`CHUNK`]) and what they are matched against.
+struct Chunk<'a> {
+    w: &'a [f32],
+    h: &'a [f32],
+    inv_strides: &'a [f32],
+    t: &'a ShapeTable,
+}
+
+/// Best value per box of one chunk over all levels and shapes, raised in place (`best` starts
+/// at -1); with `arg`, the code `level * K + shape` of the first best pair in (level, shape)
+/// order. Levels and shapes are the outer loops and the boxes the inner one, so the compiler
+/// vectorizes it (AVX2 when the CPU has it).
+fn best_chunk(metric: Metric, c: &Chunk, best: &mut [f32], arg: Option<&mut [u32]>) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { best_chunk_avx2(metric, w, h, inv_strides, t, best, arg) };
+        unsafe { best_chunk_avx2(metric, c, best, arg) };
         return;
     }
-    best_chunk_dispatch(metric, w, h, inv_strides, t, best, arg)
+    best_chunk_dispatch(metric, c, best, arg)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn best_chunk_avx2(
-    metric: Metric,
-    w: &[f32],
-    h: &[f32],
-    inv_strides: &[f32],
-    t: &ShapeTable,
-    best: &mut [f32],
-    arg: Option<&mut [u32]>,
-) {
-    best_chunk_dispatch(metric, w, h, inv_strides, t, best, arg)
+fn best_chunk_avx2(metric: Metric, c: &Chunk, best: &mut [f32], arg: Option<&mut [u32]>) {
+    best_chunk_dispatch(metric, c, best, arg)
 }
 
 #[inline(always)]
-fn best_chunk_dispatch(
-    metric: Metric,
-    w: &[f32],
-    h: &[f32],
-    inv_strides: &[f32],
-    t: &ShapeTable,
-    best: &mut [f32],
-    arg: Option<&mut [u32]>,
-) {
+fn best_chunk_dispatch(metric: Metric, c: &Chunk, best: &mut [f32], arg: Option<&mut [u32]>) {
+    let (w, h, inv, t) = (c.w, c.h, c.inv_strides, c.t);
     match (metric, arg) {
-        (Metric::Iou, None) => best_chunk_body::<false, false>(w, h, inv_strides, t, best, &mut []),
-        (Metric::Iou, Some(a)) => best_chunk_body::<false, true>(w, h, inv_strides, t, best, a),
-        (Metric::Ratio, None) => {
-            best_chunk_body::<true, false>(w, h, inv_strides, t, best, &mut [])
-        }
-        (Metric::Ratio, Some(a)) => best_chunk_body::<true, true>(w, h, inv_strides, t, best, a),
+        (Metric::Iou, None) => best_chunk_body::<false, false>(w, h, inv, t, best, &mut []),
+        (Metric::Iou, Some(a)) => best_chunk_body::<false, true>(w, h, inv, t, best, a),
+        (Metric::Ratio, None) => best_chunk_body::<true, false>(w, h, inv, t, best, &mut []),
+        (Metric::Ratio, Some(a)) => best_chunk_body::<true, true>(w, h, inv, t, best, a),
     }
 }
 
@@ -380,12 +370,22 @@ impl ShapeProblem {
         }
     }
 
+    /// Boxes `lo..hi` as a kernel input.
+    fn chunk<'a>(&'a self, t: &'a ShapeTable, lo: usize, hi: usize) -> Chunk<'a> {
+        Chunk {
+            w: &self.w[lo..hi],
+            h: &self.h[lo..hi],
+            inv_strides: &self.inv_strides,
+            t,
+        }
+    }
+
     /// Best match of every box over shapes and levels: IoU (`ratio = false`, values equal to
     /// the maximum of [`iou_wh`] over the pairs) or the YOLOv5 ratio metric (`ratio = true`).
     /// Ties go to the first pair in (level, shape) order. Dense kernel, parallel over chunks.
     pub fn assign(&self, shapes: &[[f32; 2]], ratio: bool) -> Vec<Match> {
         let t = ShapeTable::new(shapes);
-        let metric = if ratio { Metric::Ratio } else { Metric::Iou };
+        let metric = Metric::of(ratio);
         let ns = shapes.len().max(1) as u32;
         let mut out = vec![
             Match {
@@ -400,15 +400,7 @@ impl ShapeProblem {
             let n = o.len();
             let (mut best, mut arg) = ([-1.0f32; CHUNK], [0u32; CHUNK]);
             let (best, arg) = (&mut best[..n], &mut arg[..n]);
-            best_chunk(
-                metric,
-                &self.w[lo..lo + n],
-                &self.h[lo..lo + n],
-                &self.inv_strides,
-                &t,
-                best,
-                Some(arg),
-            );
+            best_chunk(metric, &self.chunk(&t, lo, lo + n), best, Some(arg));
             for ((m, &v), &a) in o.iter_mut().zip(best.iter()).zip(arg.iter()) {
                 *m = Match {
                     shape: a % ns,
@@ -431,20 +423,12 @@ impl ShapeProblem {
         mut arg: Option<&mut [u32]>,
     ) {
         let t = ShapeTable::new(shapes);
-        let metric = if ratio { Metric::Ratio } else { Metric::Iou };
+        let metric = Metric::of(ratio);
         best.fill(-1.0);
         for (c, b) in best.chunks_mut(CHUNK).enumerate() {
             let (lo, hi) = (c * CHUNK, c * CHUNK + b.len());
             let a = arg.as_deref_mut().map(|a| &mut a[lo..hi]);
-            best_chunk(
-                metric,
-                &self.w[lo..hi],
-                &self.h[lo..hi],
-                &self.inv_strides,
-                &t,
-                b,
-                a,
-            );
+            best_chunk(metric, &self.chunk(&t, lo, hi), b, a);
         }
     }
 
@@ -453,15 +437,7 @@ impl ShapeProblem {
         let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(self.len()));
         let mut best = [-1.0f32; CHUNK];
         let best = &mut best[..hi - lo];
-        best_chunk(
-            metric,
-            &self.w[lo..hi],
-            &self.h[lo..hi],
-            &self.inv_strides,
-            t,
-            best,
-            None,
-        );
+        best_chunk(metric, &self.chunk(t, lo, hi), best, None);
         lane_sum(best, f)
     }
 
@@ -471,7 +447,7 @@ impl ShapeProblem {
     /// [`super::evolve::evolve`] (YOLOv5 `anchor_fitness`) and the mean IoU of k-means.
     pub fn sum_best(&self, shapes: &[[f32; 2]], ratio: bool, f: impl Fn(f32) -> f64 + Sync) -> f64 {
         let t = ShapeTable::new(shapes);
-        let metric = if ratio { Metric::Ratio } else { Metric::Iou };
+        let metric = Metric::of(ratio);
         let parts: Vec<f64> = (0..self.len().div_ceil(CHUNK))
             .into_par_iter()
             .map(|c| self.chunk_sum(&t, metric, c, &f))
@@ -483,7 +459,7 @@ impl ShapeProblem {
     /// over candidates instead (differential evolution).
     pub fn sum_best_seq(&self, shapes: &[[f32; 2]], ratio: bool, f: impl Fn(f32) -> f64) -> f64 {
         let t = ShapeTable::new(shapes);
-        let metric = if ratio { Metric::Ratio } else { Metric::Iou };
+        let metric = Metric::of(ratio);
         let mut total = 0.0f64;
         for c in 0..self.len().div_ceil(CHUNK) {
             total += self.chunk_sum(&t, metric, c, &f);
