@@ -6,7 +6,13 @@
 //! (anchor, class) pairs around its location to U(-2.9, 3); the number of pairs above
 //! logit(0.05) is printed. Seed 20261122.
 //!
-//! Run: `CARGO_TARGET_DIR=/work/target-release cargo bench --bench postprocess`
+//! Second part, on a real model: NanoDet-m 320 (GFL head, 3 levels, 2100 points x 80 classes,
+//! `../shared/models/nanodet-m-coco/`) run by ONNX Runtime on the first 24 COCO val2017 images
+//! of `../shared/data/coco-val2017/images/`; post-processing alone is timed per image (200 calls
+//! on each image's outputs) and averaged. Skipped with a message when the model, the images or
+//! libonnxruntime are missing.
+//!
+//! Run: `cargo bench --bench postprocess`
 
 use anchorkit::head::LevelOutput;
 use anchorkit::postprocess::postprocess;
@@ -150,9 +156,78 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// Post-processing of real NanoDet-m 320 outputs on COCO images (see the module docs).
+fn bench_nanodet(c: &mut Criterion) {
+    use anchorkit::detector::Detector;
+    use anchorkit::runtime::RuntimeOptions;
+    use std::path::Path;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("../shared/models/nanodet-m-coco/nanodet-m-320.onnx");
+    let spec = root.join("models/specs/nanodet-m-320.json");
+    let images = root.join("../shared/data/coco-val2017/images");
+    let mut files: Vec<_> = match std::fs::read_dir(&images) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => {
+            eprintln!("nanodet post bench skipped: {}: {e}", images.display());
+            return;
+        }
+    };
+    files.sort();
+    files.truncate(24);
+    let rt = RuntimeOptions {
+        threads: 1,
+        ..RuntimeOptions::default()
+    };
+    let mut det = match Detector::load(&model, Some(&spec), &rt) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("nanodet post bench skipped: {e}");
+            return;
+        }
+    };
+    let mut metas = vec![];
+    let (mut per_image, mut n_dets) = (vec![], 0usize);
+    for f in &files {
+        let img = anchorkit::preprocess::load_image(f, true).unwrap();
+        let meta = det.preprocess(&img).unwrap();
+        det.infer().unwrap();
+        n_dets += det.postprocess(&meta).unwrap().len();
+        let reps = 200u32;
+        let (c0, t0) = (common::thread_cpu_ns(), std::time::Instant::now());
+        for _ in 0..reps {
+            black_box(det.postprocess(black_box(&meta)).unwrap());
+        }
+        let wall = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let cpu = match (c0, common::thread_cpu_ns()) {
+            (Some(a), Some(b)) => (b - a) as f64 / 1e6 / reps as f64,
+            _ => wall,
+        };
+        per_image.push((wall, cpu));
+        metas.push(meta);
+    }
+    let n = per_image.len() as f64;
+    let (wall, cpu) = per_image
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (w, c)| (a + w / n, b + c / n));
+    let mut sorted: Vec<f64> = per_image.iter().map(|p| p.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    eprintln!(
+        "postprocess_nanodet_m_320 on {} COCO images ({n_dets} detections): mean wall {wall:.4} ms, \
+         mean on-CPU {cpu:.4} ms, median on-CPU {:.4} ms, max {:.4} ms",
+        files.len(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+    // criterion on the last image's outputs (still held by the detector)
+    let meta = *metas.last().unwrap();
+    c.bench_function("postprocess_nanodet_m_320_last_image", |b| {
+        b.iter(|| det.postprocess(black_box(&meta)).unwrap())
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).without_plots();
-    targets = bench
+    targets = bench, bench_nanodet
 }
 criterion_main!(benches);

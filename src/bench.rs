@@ -148,6 +148,10 @@ pub struct BenchReport {
     pub warmup: usize,
     /// Measured iterations.
     pub iters: usize,
+    /// Rounds in which the measured loop and the bare `Session::run` alternated (1 = one
+    /// after the other; older reports and the Python baseline have 1).
+    #[serde(default = "one")]
+    pub rounds: usize,
     /// One-time costs, milliseconds (`library_load_ms`, `session_create_ms`,
     /// `first_iteration_ms`).
     pub one_time: BTreeMap<String, f64>,
@@ -169,12 +173,23 @@ pub struct BenchReport {
     pub machine: BTreeMap<String, serde_json::Value>,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl BenchReport {
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "model {}  |  {}  |  ep {}  threads {}  |  {} mode, {} warm-up + {} measured\n",
-            self.model, self.source, self.ep, self.threads, self.mode, self.warmup, self.iters
+            "model {}  |  {}  |  ep {}  threads {}  |  {} mode, {} warm-up + {} measured in {} round(s)\n",
+            self.model,
+            self.source,
+            self.ep,
+            self.threads,
+            self.mode,
+            self.warmup,
+            self.iters,
+            self.rounds
         );
         let once: Vec<String> = self
             .one_time
@@ -423,6 +438,22 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The share of round `r` of `rounds` (0-based): `iters` split as evenly as possible (at
+    /// least 1 each), `duration / rounds`; the full warmup in round 0, at most 2 iterations
+    /// (to refill pipelines and caches) in later rounds.
+    pub fn round(&self, r: usize, rounds: usize) -> Plan {
+        let rounds = rounds.max(1);
+        Plan {
+            warmup: if r == 0 {
+                self.warmup
+            } else {
+                self.warmup.min(2)
+            },
+            iters: (self.iters * (r + 1) / rounds - self.iters * r / rounds).max(1),
+            duration: self.duration.map(|d| d / rounds as u32),
+        }
+    }
+
     /// Whether measuring is finished after `n` measured iterations started at `start`.
     pub fn done(&self, n: usize, start: std::time::Instant) -> bool {
         match self.duration {
@@ -445,6 +476,45 @@ pub fn bare_run(
     batch: usize,
     plan: Plan,
 ) -> Result<BareRun> {
+    let mut acc = BareAcc::default();
+    bare_run_into(session, input_name, tensor, hw, batch, plan, &mut acc)?;
+    Ok(acc.report(batch))
+}
+
+/// Bare runs accumulated over several rounds (see [`bare_run_into`]).
+#[derive(Default)]
+pub struct BareAcc {
+    rec: Recorder,
+    runs: usize,
+    wall_s: f64,
+}
+
+impl BareAcc {
+    /// The merged measurement: latency per run and images/s over the summed wall time.
+    pub fn report(&self, batch: usize) -> BareRun {
+        let b = batch.max(1);
+        BareRun {
+            batch: b,
+            latency: self.rec.stats(),
+            throughput_ips: (self.runs * b) as f64 / self.wall_s.max(f64::MIN_POSITIVE),
+        }
+    }
+}
+
+/// [`bare_run`] adding its runs, latencies and wall time to `acc`, so that a bench can
+/// alternate it with the measured loop in rounds and compare throughputs taken under the
+/// same load.
+///
+/// Errors: as [`bare_run`].
+pub fn bare_run_into(
+    session: &mut ort::session::Session,
+    input_name: &str,
+    tensor: &[f32],
+    hw: (usize, usize),
+    batch: usize,
+    plan: Plan,
+    acc: &mut BareAcc,
+) -> Result<()> {
     let b = batch.max(1);
     let data: Vec<f32> = if b == 1 {
         tensor.to_vec()
@@ -467,21 +537,17 @@ pub fn bare_run(
     for _ in 0..plan.warmup {
         run(session)?;
     }
-    let mut rec = Recorder::new();
     let start = std::time::Instant::now();
     let mut n = 0usize;
     while !plan.done(n, start) {
         let t = std::time::Instant::now();
         run(session)?;
-        rec.record(t.elapsed());
+        acc.rec.record(t.elapsed());
         n += 1;
     }
-    let wall = start.elapsed().as_secs_f64();
-    Ok(BareRun {
-        batch: b,
-        latency: rec.stats(),
-        throughput_ips: (n * b) as f64 / wall,
-    })
+    acc.wall_s += start.elapsed().as_secs_f64();
+    acc.runs += n;
+    Ok(())
 }
 
 /// Runs `runs` inferences on a separate session built with ONNX Runtime profiling on (same

@@ -293,6 +293,101 @@ impl Detector {
     }
 }
 
+/// Raw head outputs of one run, owned: ONNX Runtime's own output values (reference-counted,
+/// not copied) with the image geometry. `Send`, so a pipeline can post-process them on another
+/// thread ([`PostProcessor`]) while the session already runs the next image.
+pub struct HeadOutputs {
+    values: Vec<(String, ort::value::DynValue)>,
+    meta: ImageMeta,
+}
+
+impl HeadOutputs {
+    /// Geometry of the image these outputs belong to.
+    pub fn meta(&self) -> &ImageMeta {
+        &self.meta
+    }
+}
+
+/// Everything post-processing needs from a [`Detector`] (the spec and the output layout),
+/// detached from the session so it can run on another thread.
+#[derive(Debug, Clone)]
+pub struct PostProcessor {
+    spec: DetectorSpec,
+    level_base: Vec<usize>,
+}
+
+impl PostProcessor {
+    /// Post-processes `outs` exactly as [`Detector::postprocess`] would: boxes in
+    /// original-image pixels, sorted by score descending, at most `max_per_img`.
+    ///
+    /// Errors: [`Error::Runtime`] for an output that is not f32 or has the wrong shape;
+    /// post-processing errors.
+    pub fn run(&self, outs: &HeadOutputs) -> Result<Vec<Detection>> {
+        let mut views = Vec::with_capacity(outs.values.len());
+        for (name, v) in &outs.values {
+            let (shape, data) = v
+                .try_extract_tensor::<f32>()
+                .map_err(|e| Error::Runtime(format!("output {name:?}: {e}")))?;
+            views.push(OutView { name, shape, data });
+        }
+        let levels = slice_levels(&self.spec, &self.level_base, &views, &outs.meta)?;
+        postprocess::postprocess(&self.spec, &levels, &outs.meta)
+    }
+}
+
+impl Detector {
+    /// `Session::run` on a tensor preprocessed elsewhere (`[1, 3, meta.input_h,
+    /// meta.input_w]`), keeping the head outputs for [`PostProcessor::run`] instead of
+    /// post-processing them here; returns them with the inference time.
+    ///
+    /// Errors: [`Error::InvalidInput`] when `tensor` has the wrong length; [`Error::Runtime`]
+    /// from ONNX Runtime or a missing output.
+    pub fn infer_owned(
+        &mut self,
+        tensor: &[f32],
+        meta: &ImageMeta,
+    ) -> Result<(HeadOutputs, Duration)> {
+        let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
+        if tensor.len() != shape.iter().product::<usize>() {
+            return Err(Error::InvalidInput(format!(
+                "input tensor has {} values, expected {shape:?}",
+                tensor.len()
+            )));
+        }
+        let t0 = Instant::now();
+        let input = TensorRef::from_array_view((shape, tensor))
+            .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
+        let model = &self.model;
+        let mut outputs = self
+            .session
+            .run(ort::inputs![self.spec.input.name.as_str() => input])
+            .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))?;
+        let t1 = t0.elapsed();
+        let mut values = Vec::with_capacity(self.outs.len());
+        for o in &self.outs {
+            let v = outputs.remove(&o.name).ok_or_else(|| {
+                Error::Runtime(format!("output {:?} missing from the run", o.name))
+            })?;
+            values.push((o.name.clone(), v));
+        }
+        Ok((
+            HeadOutputs {
+                values,
+                meta: *meta,
+            },
+            t1,
+        ))
+    }
+
+    /// A detached post-processor for [`Self::infer_owned`]'s outputs.
+    pub fn post_processor(&self) -> PostProcessor {
+        PostProcessor {
+            spec: self.spec.clone(),
+            level_base: self.level_base.clone(),
+        }
+    }
+}
+
 /// `Session::run` on `tensor` (`[1, 3, meta.input_h, meta.input_w]`), then post-processing
 /// with the head outputs read in place; returns the detections and the run / post-processing
 /// times.

@@ -143,6 +143,41 @@ impl Candidates {
     }
 }
 
+/// Decoded, rescaled box of every pair (`boxes[j]` for `pairs[j]`), decoding each distinct
+/// prior once: a prior appears once per class that passes `score_thr`, and the GFL
+/// distribution decode (4 softmaxes over `reg_max + 1` bins) dominates post-processing when
+/// it is repeated. The pairs are visited in prior order through `by_prior` (scratch); the
+/// result is identical to decoding every pair.
+fn decode_distinct(
+    pairs: &[Pair],
+    dec: &mut LevelDecoder,
+    reg: &[f32],
+    meta: &ImageMeta,
+    by_prior: &mut Vec<u64>,
+    boxes: &mut Vec<[f32; 4]>,
+) {
+    by_prior.clear();
+    by_prior.extend(
+        pairs
+            .iter()
+            .enumerate()
+            .map(|(j, p)| ((p.prior as u64) << 32) | j as u64),
+    );
+    by_prior.sort_unstable();
+    boxes.clear();
+    boxes.resize(pairs.len(), [0.0; 4]);
+    let mut last = None;
+    let mut b = [0.0f32; 4];
+    for &key in by_prior.iter() {
+        let prior = (key >> 32) as usize;
+        if last != Some(prior) {
+            b = rescale(dec.decode(reg, prior), meta);
+            last = Some(prior);
+        }
+        boxes[(key & 0xffff_ffff) as usize] = b;
+    }
+}
+
 fn mmdet_rule(
     spec: &DetectorSpec,
     levels: &[LevelOutput],
@@ -153,6 +188,7 @@ fn mmdet_rule(
     let clip = content_region(meta);
     let mut scratch = SelectScratch::default();
     let mut pairs: Vec<Pair> = Vec::new();
+    let (mut by_prior, mut boxes) = (Vec::new(), Vec::new());
     let mut cand = Candidates::default();
     for (l, out) in levels.iter().enumerate() {
         let a_n = priors_per_location(&spec.head.priors, l);
@@ -178,9 +214,9 @@ fn mmdet_rule(
         } else {
             None
         };
-        for p in &pairs {
+        decode_distinct(&pairs, &mut dec, out.reg, meta, &mut by_prior, &mut boxes);
+        for (p, &b) in pairs.iter().zip(&boxes) {
             let i = p.prior as usize;
-            let b = rescale(dec.decode(out.reg, i), meta);
             let score = match ctr {
                 Some(t) => p.score * sigmoid(gather_ctr(t, spec.head.layout, hw, a_n, i)),
                 None => p.score,

@@ -96,9 +96,10 @@ pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result
 /// Inside entropy-coded data every `FF` byte is followed by `00` or a restart marker, so both
 /// markers are unambiguous; an EXIF thumbnail's own EOI lies before the main image's SOS.
 fn jpeg_has_eoi_after_last_scan(bytes: &[u8]) -> bool {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xff, 0xda]);
-    match last_sos {
-        Some(p) => bytes[p..].windows(2).any(|w| w == [0xff, 0xd9]),
+    // memchr's SIMD substring search: a baseline JPEG's only SOS sits near the start, so the
+    // backward search crosses the whole entropy-coded scan
+    match memchr::memmem::rfind(bytes, &[0xff, 0xda]) {
+        Some(p) => memchr::memmem::find(&bytes[p..], &[0xff, 0xd9]).is_some(),
         None => false,
     }
 }

@@ -99,6 +99,8 @@ fn bench_cli_sequential_pipeline_and_baseline() {
     );
     let r = bench::read_report(&j1).unwrap();
     assert_eq!(r.iters, 4);
+    // default: the 4 iterations and the bare runs alternate in 3 rounds (1 + 1 + 2)
+    assert_eq!(r.rounds, 3);
     for st in bench::STAGES {
         assert_eq!(r.stages[st].count, 4, "{st}");
         assert!(r.stages[st].p50_ms > 0.0, "{st}");
@@ -123,7 +125,9 @@ fn bench_cli_sequential_pipeline_and_baseline() {
         .arg("--spec")
         .arg(&spec)
         .args(["--synthetic", "320x240", "--threads", "1", "--warmup", "2"])
-        .args(["--iters", "6", "--pipeline", "--workers", "2", "--json"])
+        .args(["--iters", "6", "--rounds", "2", "--pipeline"])
+        .args(["--workers", "2"])
+        .arg("--json")
         .arg(&j2)
         .arg("--baseline")
         .arg(&j1)
@@ -134,8 +138,13 @@ fn bench_cli_sequential_pipeline_and_baseline() {
         "{stdout}"
     );
     let r = bench::read_report(&j2).unwrap();
-    assert_eq!(r.stages["inference"].count, 6);
+    // every measured image went through the post-processing thread too
+    for st in bench::STAGES {
+        assert_eq!(r.stages[st].count, 6, "{st}");
+    }
+    assert_eq!((r.iters, r.rounds), (6, 2));
     assert!(r.mode.starts_with("pipeline"));
+    assert!(r.bare_run.as_ref().unwrap().latency.count >= 6);
 }
 
 #[test]

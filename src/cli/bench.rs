@@ -55,6 +55,11 @@ pub struct Args {
     /// Decode and preprocess the next images on worker threads while inference runs.
     #[arg(long)]
     pipeline: bool,
+    /// Alternate the measured loop and the bare `Session::run` in N rounds (each gets 1/N of
+    /// `--iters` or `--duration`), so that load changes on a shared machine hit both alike and
+    /// the throughput ratio compares like with like; the report merges the rounds.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    rounds: usize,
     /// Worker threads for `--pipeline`.
     #[arg(long, default_value_t = 1, value_name = "N")]
     workers: usize,
@@ -161,6 +166,14 @@ struct Recs {
 }
 
 impl Recs {
+    fn merge(&mut self, o: &Recs) {
+        self.decode.merge(&o.decode);
+        self.pre.merge(&o.pre);
+        self.infer.merge(&o.infer);
+        self.post.merge(&o.post);
+        self.e2e.merge(&o.e2e);
+    }
+
     fn into_map(self) -> BTreeMap<String, bench::StageStats> {
         let mut m = BTreeMap::new();
         for (k, r) in [
@@ -179,6 +192,7 @@ impl Recs {
 }
 
 /// Result of the timed loop.
+#[derive(Default)]
 struct Measured {
     recs: Recs,
     n: usize,
@@ -187,7 +201,23 @@ struct Measured {
     detections: usize,
 }
 
-fn sequential(det: &mut Detector, blobs: &[Blob], plan: Plan) -> anyhow::Result<Measured> {
+impl Measured {
+    /// Adds a later round (its first-iteration time is not a one-time cost).
+    fn merge(&mut self, o: Measured) {
+        self.recs.merge(&o.recs);
+        self.n += o.n;
+        self.wall += o.wall;
+        self.detections += o.detections;
+    }
+}
+
+/// The timed loop on this thread, starting at image `offset` (cycled).
+fn sequential(
+    det: &mut Detector,
+    blobs: &[Blob],
+    plan: Plan,
+    offset: usize,
+) -> anyhow::Result<Measured> {
     let exif = det.spec().input.exif_orientation;
     let mut recs = Recs::default();
     let mut first = Duration::ZERO;
@@ -202,7 +232,7 @@ fn sequential(det: &mut Detector, blobs: &[Blob], plan: Plan) -> anyhow::Result<
         if i >= plan.warmup && plan.done(n, start) {
             break;
         }
-        let b = &blobs[i % blobs.len()];
+        let b = &blobs[(offset + i) % blobs.len()];
         let t0 = Instant::now();
         let img = preprocess::decode_image(&b.bytes, &b.name, exif)?;
         let t1 = Instant::now();
@@ -232,6 +262,17 @@ fn sequential(det: &mut Detector, blobs: &[Blob], plan: Plan) -> anyhow::Result<
     })
 }
 
+/// An inferred image going to the post-processing thread.
+struct Inferred {
+    outputs: anchorkit::detector::HeadOutputs,
+    index: usize,
+    measured: bool,
+    t_start: Instant,
+    decode: Duration,
+    pre: Duration,
+    infer: Duration,
+}
+
 /// A preprocessed image coming from a worker.
 struct Prepared {
     tensor: Vec<f32>,
@@ -242,13 +283,15 @@ struct Prepared {
 }
 
 /// Decode + preprocess on `workers` threads (each with its own [`Preprocessor`] and recycled
-/// tensor buffers), inference + postprocess on this thread; a bounded queue of 2 per worker
-/// keeps the workers just ahead of inference.
+/// tensor buffers), inference on this thread, post-processing of the previous image on one
+/// more thread; bounded queues (2 per worker, 2 for post-processing) keep the stages just
+/// ahead of / behind inference.
 fn pipelined(
     det: &mut Detector,
     blobs: &[Blob],
     plan: Plan,
     workers: usize,
+    offset: usize,
 ) -> anyhow::Result<Measured> {
     let input = det.spec().input.clone();
     let exif = input.exif_orientation;
@@ -283,7 +326,7 @@ fn pipelined(
             s.spawn(move || {
                 let mut pre = Preprocessor::new(&input);
                 for i in job_rx {
-                    let b = &blobs[i % blobs.len()];
+                    let b = &blobs[(offset + i) % blobs.len()];
                     let t0 = Instant::now();
                     let r = (|| -> anyhow::Result<Prepared> {
                         let img = preprocess::decode_image(&b.bytes, &b.name, exif)?;
@@ -307,6 +350,31 @@ fn pipelined(
             });
         }
         drop((res_tx, job_rx, buf_rx));
+        // Post-processing thread: owns the head outputs of image i while the session runs
+        // image i+1 (ONNX Runtime allocates fresh outputs per run; nothing is copied).
+        let post = det.post_processor();
+        let (post_tx, post_rx) = crossbeam_channel::bounded::<Inferred>(2);
+        let post_thread = s.spawn(move || -> anyhow::Result<(Recs, Duration, usize)> {
+            let mut recs = Recs::default();
+            let (mut first, mut detections) = (Duration::ZERO, 0usize);
+            for m in post_rx {
+                let t3 = Instant::now();
+                let dets = post.run(&m.outputs)?;
+                let t4 = Instant::now();
+                if m.index == 0 {
+                    first = t4 - m.t_start;
+                }
+                if m.measured {
+                    recs.decode.record(m.decode);
+                    recs.pre.record(m.pre);
+                    recs.infer.record(m.infer);
+                    recs.post.record(t4 - t3);
+                    recs.e2e.record(t4 - m.t_start);
+                    detections += dets.len();
+                }
+            }
+            Ok((recs, first, detections))
+        });
         let mut i = 0usize;
         let mut start = Instant::now();
         let out = (|| -> anyhow::Result<()> {
@@ -318,26 +386,40 @@ fn pipelined(
                     break;
                 }
                 let p = res_rx.recv().context("pipeline workers stopped")??;
-                let (dets, st) = det.detect_prepared(&p.tensor, &p.meta)?;
-                let t4 = Instant::now();
-                if i == 0 {
-                    first = t4 - p.t_start;
-                }
-                if i >= plan.warmup {
-                    recs.decode.record(p.decode);
-                    recs.pre.record(p.pre);
-                    recs.infer.record(st.infer);
-                    recs.post.record(st.postprocess);
-                    recs.e2e.record(t4 - p.t_start);
-                    detections += dets.len();
+                let (outputs, infer) = det.infer_owned(&p.tensor, &p.meta)?;
+                let measured = i >= plan.warmup;
+                post_tx
+                    .send(Inferred {
+                        outputs,
+                        index: i,
+                        measured,
+                        t_start: p.t_start,
+                        decode: p.decode,
+                        pre: p.pre,
+                        infer,
+                    })
+                    .map_err(|_| anyhow::anyhow!("the post-processing thread stopped"))?;
+                if measured {
                     n += 1;
                 }
                 let _ = buf_tx.send(p.tensor);
                 i += 1;
             }
-            wall = start.elapsed();
             Ok(())
         })();
+        drop(post_tx);
+        let post_out = post_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the post-processing thread panicked"))?;
+        wall = start.elapsed();
+        // an error of the post-processing thread is the cause of a failed send: report it
+        let out = match (out, post_out) {
+            (_, Err(e)) | (Err(e), _) => Err(e),
+            (Ok(()), Ok((r, f, d))) => {
+                (recs, first, detections) = (r, f, d);
+                Ok(())
+            }
+        };
         stop.store(true, Ordering::Relaxed);
         // Unblock the producer and the workers, then let them finish.
         while res_rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
@@ -391,12 +473,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut det = Detector::load(&model, spec_path.as_deref(), &opts)?;
     let session_ms = t.elapsed().as_secs_f64() * 1e3;
 
-    let m = if args.pipeline {
-        pipelined(&mut det, &blobs, plan, args.workers)?
-    } else {
-        sequential(&mut det, &blobs, plan)?
-    };
-
     // One preprocessed tensor of the first image, for the bare run and the EP profile.
     let exif = det.spec().input.exif_orientation;
     let img = preprocess::decode_image(&blobs[0].bytes, &blobs[0].name, exif)?;
@@ -404,20 +480,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tensor = det.input_tensor().to_vec();
     let hw = (meta.input_h as usize, meta.input_w as usize);
     let input_name = det.spec().input.name.clone();
-
-    let bare_run = if args.no_bare {
+    let mut bare = if args.no_bare {
         None
     } else {
-        let (mut session, _) = runtime::session(&model, &opts)?;
-        Some(bench::bare_run(
-            &mut session,
-            &input_name,
-            &tensor,
-            hw,
-            args.batch,
-            plan,
-        )?)
+        Some((
+            runtime::session(&model, &opts)?.0,
+            bench::BareAcc::default(),
+        ))
     };
+
+    // The measured loop and the bare runs alternate round by round (same load for both).
+    let rounds = args.rounds.max(1);
+    let mut m = Measured::default();
+    let mut offset = 0usize;
+    for r in 0..rounds {
+        let pr = plan.round(r, rounds);
+        let mr = if args.pipeline {
+            pipelined(&mut det, &blobs, pr, args.workers, offset)?
+        } else {
+            sequential(&mut det, &blobs, pr, offset)?
+        };
+        offset += pr.warmup + mr.n;
+        if r == 0 {
+            m = mr;
+        } else {
+            m.merge(mr);
+        }
+        if let Some((session, acc)) = &mut bare {
+            bench::bare_run_into(session, &input_name, &tensor, hw, args.batch, pr, acc)?;
+        }
+    }
+    let bare_run = bare.as_ref().map(|(_, acc)| acc.report(args.batch));
     let ep_check = bench::profile_providers(&model, &opts, &input_name, &tensor, hw, 3)?;
 
     let mut one_time = BTreeMap::new();
@@ -455,6 +548,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         warmup: plan.warmup,
         iters: m.n,
+        rounds,
         one_time,
         stages: m.recs.into_map(),
         throughput_ips: m.n as f64 / m.wall.as_secs_f64().max(f64::MIN_POSITIVE),

@@ -130,19 +130,23 @@ fn scan_above_avx2(buf: &[f32], t: f32, f: &mut impl FnMut(usize, f32)) {
         let p = blk.as_ptr();
         // SAFETY: `blk` holds 64 f32, so each unaligned 8-wide load at offset 8*g (g < 8)
         // stays inside it.
-        let any = unsafe {
-            let m = |g: usize| _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(p.add(8 * g)), tv);
-            _mm256_or_ps(
-                _mm256_or_ps(_mm256_or_ps(m(0), m(1)), _mm256_or_ps(m(2), m(3))),
-                _mm256_or_ps(_mm256_or_ps(m(4), m(5)), _mm256_or_ps(m(6), m(7))),
-            )
-        };
+        let m =
+            |g: usize| unsafe { _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(p.add(8 * g)), tv) };
+        let ms = [m(0), m(1), m(2), m(3), m(4), m(5), m(6), m(7)];
+        let any = _mm256_or_ps(
+            _mm256_or_ps(_mm256_or_ps(ms[0], ms[1]), _mm256_or_ps(ms[2], ms[3])),
+            _mm256_or_ps(_mm256_or_ps(ms[4], ms[5]), _mm256_or_ps(ms[6], ms[7])),
+        );
         if _mm256_movemask_ps(any) != 0 {
-            // rare: open the block (the masks are recomputed rather than kept in registers)
-            for (j, &v) in blk.iter().enumerate() {
-                if v > t {
-                    f(i + j, v);
-                }
+            // open the block: visit only the set bits of the 64-bit pass mask, in index order
+            let mut bits = 0u64;
+            for (g, mg) in ms.iter().enumerate() {
+                bits |= (_mm256_movemask_ps(*mg) as u32 as u64) << (8 * g);
+            }
+            while bits != 0 {
+                let j = bits.trailing_zeros() as usize;
+                f(i + j, blk[j]);
+                bits &= bits - 1;
             }
         }
         i += B;
