@@ -146,35 +146,38 @@ impl Candidates {
 /// Decoded, rescaled box of every pair (`boxes[j]` for `pairs[j]`), decoding each distinct
 /// prior once: a prior appears once per class that passes `score_thr`, and the GFL
 /// distribution decode (4 softmaxes over `reg_max + 1` bins) dominates post-processing when
-/// it is repeated. The pairs are visited in prior order through `by_prior` (scratch); the
-/// result is identical to decoding every pair.
+/// it is repeated. Priors already decoded are found in `table` (scratch: open addressing,
+/// linear probing, entries `(prior + 1) << 32 | pair index`, 0 = empty); the result is
+/// identical to decoding every pair.
 fn decode_distinct(
     pairs: &[Pair],
     dec: &mut LevelDecoder,
     reg: &[f32],
     meta: &ImageMeta,
-    by_prior: &mut Vec<u64>,
+    table: &mut Vec<u64>,
     boxes: &mut Vec<[f32; 4]>,
 ) {
-    by_prior.clear();
-    by_prior.extend(
-        pairs
-            .iter()
-            .enumerate()
-            .map(|(j, p)| ((p.prior as u64) << 32) | j as u64),
-    );
-    by_prior.sort_unstable();
+    let size = (2 * pairs.len()).next_power_of_two().max(64);
+    let shift = 64 - size.trailing_zeros();
+    table.clear();
+    table.resize(size, 0);
     boxes.clear();
-    boxes.resize(pairs.len(), [0.0; 4]);
-    let mut last = None;
-    let mut b = [0.0f32; 4];
-    for &key in by_prior.iter() {
-        let prior = (key >> 32) as usize;
-        if last != Some(prior) {
-            b = rescale(dec.decode(reg, prior), meta);
-            last = Some(prior);
-        }
-        boxes[(key & 0xffff_ffff) as usize] = b;
+    boxes.reserve(pairs.len());
+    for (j, p) in pairs.iter().enumerate() {
+        let key = p.prior as u64 + 1;
+        let mut h = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize;
+        let b = loop {
+            let e = table[h];
+            if e == 0 {
+                table[h] = (key << 32) | j as u64;
+                break rescale(dec.decode(reg, p.prior as usize), meta);
+            }
+            if e >> 32 == key {
+                break boxes[(e & 0xffff_ffff) as usize];
+            }
+            h = (h + 1) & (size - 1);
+        };
+        boxes.push(b);
     }
 }
 
@@ -188,7 +191,7 @@ fn mmdet_rule(
     let clip = content_region(meta);
     let mut scratch = SelectScratch::default();
     let mut pairs: Vec<Pair> = Vec::new();
-    let (mut by_prior, mut boxes) = (Vec::new(), Vec::new());
+    let (mut table, mut boxes) = (Vec::new(), Vec::new());
     let mut cand = Candidates::default();
     for (l, out) in levels.iter().enumerate() {
         let a_n = priors_per_location(&spec.head.priors, l);
@@ -214,7 +217,7 @@ fn mmdet_rule(
         } else {
             None
         };
-        decode_distinct(&pairs, &mut dec, out.reg, meta, &mut by_prior, &mut boxes);
+        decode_distinct(&pairs, &mut dec, out.reg, meta, &mut table, &mut boxes);
         for (p, &b) in pairs.iter().zip(&boxes) {
             let i = p.prior as usize;
             let score = match ctr {
