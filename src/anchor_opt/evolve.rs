@@ -347,13 +347,18 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
             let e = &mut c[m / 4][(m / 2) % 2];
             *e = (*e * s.exp()).max(cfg.min_side);
         };
+        let ff = |v: f32| if v > thr { v as f64 } else { 0.0 };
         while step >= 1e-2 {
+            // each neighbour changes one anchor: evaluated from the per-box best and
+            // second-best of the current anchors, bit-identical to `fitness` (tested in
+            // `objective`) at 1/K of its cost
+            let top = fp.top2(&anchors, true);
             let fs: Vec<f64> = (0..4 * anchors.len())
                 .into_par_iter()
                 .map(|m| {
                     let mut c = anchors.clone();
                     apply(&mut c, m, step);
-                    fitness(&c)
+                    fp.sum_best_replacing(&top, m / 4, c[m / 4], ff) / fp.len() as f64
                 })
                 .collect();
             let (mut bi, mut bf) = (usize::MAX, f);

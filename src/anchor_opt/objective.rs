@@ -177,6 +177,190 @@ fn best_chunk_dispatch(metric: Metric, c: &Chunk, best: &mut [f32], arg: Option<
     }
 }
 
+/// Box sizes of one level (`w * inv`, `h * inv`) and the per-box terms of the metric:
+/// reciprocals for the ratio metric, the area for IoU.
+#[inline(always)]
+fn scaled_boxes<const RATIO: bool>(
+    w: &[f32],
+    h: &[f32],
+    inv: f32,
+    bw: &mut [f32],
+    bh: &mut [f32],
+    c1: &mut [f32],
+    c2: &mut [f32],
+) {
+    for i in 0..w.len() {
+        bw[i] = w[i] * inv;
+        bh[i] = h[i] * inv;
+        if RATIO {
+            c1[i] = 1.0 / bw[i];
+            c2[i] = 1.0 / bh[i];
+        } else {
+            c1[i] = bw[i] * bh[i];
+        }
+    }
+}
+
+/// The metric of one scaled box `(x, y)` (with its terms `c1`, `c2` from [`scaled_boxes`])
+/// against one shape `(aw, ah)` with reciprocals `(iaw, iah)` and area `area`: the single
+/// expression every kernel uses, so their values are bit-identical. `if a < b { a } else { b }`
+/// is `f32::min` for the finite positive sizes here and maps to one vector instruction
+/// (f32::min's NaN rule costs two more).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pair_metric<const RATIO: bool>(
+    x: f32,
+    y: f32,
+    c1: f32,
+    c2: f32,
+    aw: f32,
+    ah: f32,
+    iaw: f32,
+    iah: f32,
+    area: f32,
+) -> f32 {
+    if RATIO {
+        let (p, q) = (x * iaw, aw * c1);
+        let (r, s) = (y * iah, ah * c2);
+        let u = if p < q { p } else { q };
+        let v = if r < s { r } else { s };
+        if u < v { u } else { v }
+    } else {
+        let iw = if x < aw { x } else { aw };
+        let ih = if y < ah { y } else { ah };
+        let inter = iw * ih;
+        inter / (c1 + area - inter)
+    }
+}
+
+/// Best value per box of one chunk against each shape separately (over levels), keeping the
+/// largest and second-largest over shapes and the shape of the largest (first on ties):
+/// `b1`, `b2` start at -1. See [`Top2`].
+fn top2_chunk(metric: Metric, c: &Chunk, b1: &mut [f32], a1: &mut [u32], b2: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { top2_chunk_avx2(metric, c, b1, a1, b2) };
+        return;
+    }
+    match metric {
+        Metric::Ratio => top2_chunk_body::<true>(c, b1, a1, b2),
+        Metric::Iou => top2_chunk_body::<false>(c, b1, a1, b2),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn top2_chunk_avx2(metric: Metric, c: &Chunk, b1: &mut [f32], a1: &mut [u32], b2: &mut [f32]) {
+    match metric {
+        Metric::Ratio => top2_chunk_body::<true>(c, b1, a1, b2),
+        Metric::Iou => top2_chunk_body::<false>(c, b1, a1, b2),
+    }
+}
+
+#[inline(always)]
+fn top2_chunk_body<const RATIO: bool>(c: &Chunk, b1: &mut [f32], a1: &mut [u32], b2: &mut [f32]) {
+    let n = b1.len();
+    let t = c.t;
+    let mut vs = [0f32; CHUNK];
+    for k in 0..t.w.len() {
+        let v = &mut vs[..n];
+        shape_chunk::<RATIO>(c, [t.w[k], t.h[k], t.iw[k], t.ih[k], t.a[k]], v);
+        for i in 0..n {
+            let x = v[i];
+            let top = x > b1[i];
+            let sec = if top {
+                b1[i]
+            } else if x > b2[i] {
+                x
+            } else {
+                b2[i]
+            };
+            b2[i] = sec;
+            b1[i] = if top { x } else { b1[i] };
+            a1[i] = if top { k as u32 } else { a1[i] };
+        }
+    }
+}
+
+/// Best value per box of one chunk against ONE shape `[w, h, 1/w, 1/h, w*h]` over levels.
+#[inline(always)]
+fn shape_chunk<const RATIO: bool>(c: &Chunk, s: [f32; 5], out: &mut [f32]) {
+    let n = out.len();
+    let (mut bw, mut bh, mut c1, mut c2) =
+        ([0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK]);
+    let (bw, bh, c1, c2) = (&mut bw[..n], &mut bh[..n], &mut c1[..n], &mut c2[..n]);
+    out.fill(-1.0);
+    for &inv in c.inv_strides {
+        scaled_boxes::<RATIO>(&c.w[..n], &c.h[..n], inv, bw, bh, c1, c2);
+        for i in 0..n {
+            let v = pair_metric::<RATIO>(bw[i], bh[i], c1[i], c2[i], s[0], s[1], s[2], s[3], s[4]);
+            out[i] = if v > out[i] { v } else { out[i] };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn replaced_chunk_avx2(s: [f32; 5], ts: TopSlice, out: &mut [f32]) {
+    match ts.top.metric {
+        Metric::Ratio => replaced_chunk_body::<true>(s, ts, out),
+        Metric::Iou => replaced_chunk_body::<false>(s, ts, out),
+    }
+}
+
+/// The chunk's best values after replacing shape `ts.j` by `s` (`[w, h, 1/w, 1/h, w*h]`):
+/// `max(best without j, best over levels against s)`.
+#[inline(always)]
+fn replaced_chunk_body<const RATIO: bool>(s: [f32; 5], ts: TopSlice, out: &mut [f32]) {
+    let (t, lo, n) = (ts.top, ts.lo, out.len());
+    let len = t.b1.len();
+    out.fill(-1.0);
+    for l in 0..t.bw.len() / len.max(1) {
+        let r = l * len + lo..l * len + lo + n;
+        let (bw, bh, c1, c2) = (
+            &t.bw[r.clone()],
+            &t.bh[r.clone()],
+            &t.c1[r.clone()],
+            &t.c2[r],
+        );
+        for i in 0..n {
+            let v = pair_metric::<RATIO>(bw[i], bh[i], c1[i], c2[i], s[0], s[1], s[2], s[3], s[4]);
+            out[i] = if v > out[i] { v } else { out[i] };
+        }
+    }
+    let (b1, a1, b2) = (&t.b1[lo..lo + n], &t.a1[lo..lo + n], &t.b2[lo..lo + n]);
+    for i in 0..n {
+        let excl = if a1[i] == ts.j { b2[i] } else { b1[i] };
+        out[i] = if out[i] > excl { out[i] } else { excl };
+    }
+}
+
+/// One chunk's slice of a [`Top2`] and the shape being replaced.
+#[derive(Clone, Copy)]
+struct TopSlice<'a> {
+    top: &'a Top2,
+    lo: usize,
+    j: u32,
+}
+
+/// Per box, the best and second-best value over shapes (each shape's best over levels) and
+/// the shape of the best, for one set of shapes: with it, the objective after changing ONE
+/// shape costs one shape's evaluation instead of all K ([`ShapeProblem::sum_best_replacing`]).
+#[derive(Debug, Clone)]
+pub struct Top2 {
+    b1: Vec<f32>,
+    a1: Vec<u32>,
+    b2: Vec<f32>,
+    metric: Metric,
+    /// Per level `l`, boxes `l*n..(l+1)*n`: the scaled sizes and metric terms of
+    /// [`scaled_boxes`], computed once so that each replacement costs no division.
+    bw: Vec<f32>,
+    bh: Vec<f32>,
+    c1: Vec<f32>,
+    c2: Vec<f32>,
+}
+
 #[inline(always)]
 fn best_chunk_body<const RATIO: bool, const ARG: bool>(
     w: &[f32],
@@ -225,32 +409,9 @@ fn best_chunk_body<const RATIO: bool, const ARG: bool>(
                 continue;
             }
         }
-        for i in 0..n {
-            bw[i] = w[i] * inv;
-            bh[i] = h[i] * inv;
-            if RATIO {
-                c1[i] = 1.0 / bw[i];
-                c2[i] = 1.0 / bh[i];
-            } else {
-                c1[i] = bw[i] * bh[i];
-            }
-        }
-        // `if a < b { a } else { b }` is `f32::min` for the finite positive sizes here and maps
-        // to one vector instruction (f32::min's NaN rule costs two more)
+        scaled_boxes::<RATIO>(w, h, inv, bw, bh, c1, c2);
         let metric = |k: usize, x: f32, y: f32, c1: f32, c2: f32| -> f32 {
-            let (aw, ah) = (t.w[k], t.h[k]);
-            if RATIO {
-                let (p, q) = (x * t.iw[k], aw * c1);
-                let (r, s) = (y * t.ih[k], ah * c2);
-                let u = if p < q { p } else { q };
-                let v = if r < s { r } else { s };
-                if u < v { u } else { v }
-            } else {
-                let iw = if x < aw { x } else { aw };
-                let ih = if y < ah { y } else { ah };
-                let inter = iw * ih;
-                inter / (c1 + t.a[k] - inter)
-            }
+            pair_metric::<RATIO>(x, y, c1, c2, t.w[k], t.h[k], t.iw[k], t.ih[k], t.a[k])
         };
         // blocks of 8 boxes held in registers while every shape passes over them; the
         // remainder box by box (the same expressions in the same order)
@@ -467,6 +628,85 @@ impl ShapeProblem {
         total
     }
 
+    /// [`Top2`] of `shapes` (parallel over chunks).
+    pub fn top2(&self, shapes: &[[f32; 2]], ratio: bool) -> Top2 {
+        let t = ShapeTable::new(shapes);
+        let metric = Metric::of(ratio);
+        let n = self.len();
+        let (mut b1, mut a1, mut b2) = (vec![-1.0f32; n], vec![0u32; n], vec![-1.0f32; n]);
+        b1.par_chunks_mut(CHUNK)
+            .zip(a1.par_chunks_mut(CHUNK))
+            .zip(b2.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, ((x, a), y))| {
+                let lo = c * CHUNK;
+                top2_chunk(metric, &self.chunk(&t, lo, lo + x.len()), x, a, y);
+            });
+        let nl = self.inv_strides.len();
+        let mut bw = vec![0f32; n * nl];
+        let (mut bh, mut c1, mut c2) = (bw.clone(), bw.clone(), bw.clone());
+        for (l, &inv) in self.inv_strides.iter().enumerate() {
+            let r = l * n..(l + 1) * n;
+            let (x, y) = (&mut bw[r.clone()], &mut bh[r.clone()]);
+            let (p, q) = (&mut c1[r.clone()], &mut c2[r]);
+            if ratio {
+                scaled_boxes::<true>(&self.w, &self.h, inv, x, y, p, q);
+            } else {
+                scaled_boxes::<false>(&self.w, &self.h, inv, x, y, p, q);
+            }
+        }
+        Top2 {
+            b1,
+            a1,
+            b2,
+            metric,
+            bw,
+            bh,
+            c1,
+            c2,
+        }
+    }
+
+    /// [`Self::sum_best_seq`] of the shapes `top` was built from with shape `j` replaced by
+    /// `s`, bit-identical to it (the best value per box is `max(best without j, value of s)`,
+    /// and max is exact; the sum runs over the same chunks and lanes), at the cost of one
+    /// shape instead of K. Panics if `top` belongs to a problem of another size.
+    pub fn sum_best_replacing(
+        &self,
+        top: &Top2,
+        j: usize,
+        s: [f32; 2],
+        f: impl Fn(f32) -> f64,
+    ) -> f64 {
+        assert_eq!(top.b1.len(), self.len());
+        let t = ShapeTable::new(&[s]);
+        let sv = [t.w[0], t.h[0], t.iw[0], t.ih[0], t.a[0]];
+        let mut total = 0.0f64;
+        let mut out = [0f32; CHUNK];
+        for c in 0..self.len().div_ceil(CHUNK) {
+            let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(self.len()));
+            let ts = TopSlice {
+                top,
+                lo,
+                j: j as u32,
+            };
+            let o = &mut out[..hi - lo];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                unsafe { replaced_chunk_avx2(sv, ts, o) };
+                total += lane_sum(o, &f);
+                continue;
+            }
+            match top.metric {
+                Metric::Ratio => replaced_chunk_body::<true>(sv, ts, o),
+                Metric::Iou => replaced_chunk_body::<false>(sv, ts, o),
+            }
+            total += lane_sum(o, &f);
+        }
+        total
+    }
+
     /// Mean over boxes of the best centred IoU.
     pub fn mean_best_iou(&self, shapes: &[[f32; 2]]) -> f64 {
         self.sum_best(shapes, false, |v| v as f64) / self.len().max(1) as f64
@@ -617,6 +857,50 @@ mod tests {
     /// bit-identical chunked sums as the brute-force search, for both metrics, in the free and
     /// the FPN layout, for boxes spanning tiny to huge and several chunk sizes; the ratio
     /// expression equals `ratio_wh` to rounding.
+    #[test]
+    fn replacing_one_shape_equals_full_evaluation() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for n in [5usize, CHUNK + 3, 2 * CHUNK + 101] {
+            let w: Vec<f32> = (0..n)
+                .map(|_| 2f32.powf(rng.random_range(0.0..9.0)))
+                .collect();
+            let h: Vec<f32> = (0..n)
+                .map(|_| 2f32.powf(rng.random_range(0.0..9.0)))
+                .collect();
+            let mut shapes: Vec<[f32; 2]> = (0..9)
+                .map(|_| {
+                    [
+                        2f32.powf(rng.random_range(0.0..6.0)),
+                        2f32.powf(rng.random_range(0.0..6.0)),
+                    ]
+                })
+                .collect();
+            shapes.push(shapes[2]); // exact ties between shapes 2 and 9
+            for strides in [None, Some(&[8u32, 16, 32][..])] {
+                let p = ShapeProblem::new(w.clone(), h.clone(), strides).sorted_by_area();
+                for ratio in [true, false] {
+                    let f = |v: f32| if v > 0.25 { v as f64 } else { 0.0 };
+                    let top = p.top2(&shapes, ratio);
+                    for j in [0usize, 2, 9] {
+                        for scale in [0.5f32, 0.97, 1.0, 1.6] {
+                            let s = [shapes[j][0] * scale, shapes[j][1] / scale.sqrt()];
+                            let mut c = shapes.clone();
+                            c[j] = s;
+                            let want = p.sum_best_seq(&c, ratio, f);
+                            let got = p.sum_best_replacing(&top, j, s, f);
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "n {n} ratio {ratio} j {j} scale {scale} fpn {}",
+                                strides.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn dense_kernels_equal_brute_force() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
