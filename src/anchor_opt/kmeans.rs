@@ -136,6 +136,10 @@ fn lloyd(
     let mut prev: Vec<u32> = vec![u32::MAX; n];
     let mut top = (f64::NEG_INFINITY, centers.to_vec());
     let mut stall = 0usize;
+    let split: Vec<(f32, usize)> = (0..p.inv_strides.len() * k)
+        .map(|code| (p.inv_strides[code / k], code % k))
+        .collect();
+    let mut sums = vec![(0.0f64, 0.0f64, 0usize); k];
     for it in 0..max_iter {
         p.best_into(centers, false, best, Some(arg));
         let iou = lane_sum(best, |v| v as f64) / n.max(1) as f64;
@@ -151,11 +155,12 @@ fn lloyd(
             centers.copy_from_slice(&top.1);
             return it;
         }
-        // per-cluster sums of normalized w, h and counts
-        let mut sums = vec![(0.0f64, 0.0f64, 0usize); k];
+        // per-cluster sums of normalized w, h and counts (the code `level * k + shape` is
+        // split through a table: an integer division per box per iteration cost more than
+        // the whole assignment)
+        sums.fill((0.0, 0.0, 0));
         for (i, &code) in arg.iter().enumerate() {
-            let (l, c) = (code as usize / k, code as usize % k);
-            let inv = p.inv_strides[l];
+            let (inv, c) = split[code as usize];
             let e = &mut sums[c];
             e.0 += (p.w[i] * inv) as f64;
             e.1 += (p.h[i] * inv) as f64;
@@ -176,7 +181,7 @@ fn lloyd(
                         },
                     )
                     .0;
-                let inv = p.inv_strides[arg[wi] as usize / k];
+                let inv = split[arg[wi] as usize].0;
                 centers[c] = [p.w[wi] * inv, p.h[wi] * inv];
             }
         }
@@ -294,7 +299,18 @@ pub fn polish(p: &ShapeProblem, centers: &mut [[f32; 2]], rounds: usize) -> f64 
     let mut cur = p.mean_best_iou(centers);
     for _ in 0..rounds {
         let asg = p.assign(centers, false);
-        let mut members: Vec<Members> = vec![Members::default(); k];
+        let mut counts = vec![0usize; k];
+        for m in &asg {
+            counts[m.shape as usize] += 1;
+        }
+        let mut members: Vec<Members> = counts
+            .iter()
+            .map(|&c| Members {
+                w: Vec::with_capacity(c),
+                h: Vec::with_capacity(c),
+                a: Vec::with_capacity(c),
+            })
+            .collect();
         for (i, m) in asg.iter().enumerate() {
             let inv = p.inv_strides[m.level as usize];
             members[m.shape as usize].push(p.w[i] * inv, p.h[i] * inv);
