@@ -476,78 +476,75 @@ pub fn bare_run(
     batch: usize,
     plan: Plan,
 ) -> Result<BareRun> {
-    let mut acc = BareAcc::default();
-    bare_run_into(session, input_name, tensor, hw, batch, plan, &mut acc)?;
-    Ok(acc.report(batch))
+    let mut acc = BareAcc::new(input_name, tensor, hw, batch);
+    acc.run(session, plan)?;
+    Ok(acc.report())
 }
 
-/// Bare runs accumulated over several rounds (see [`bare_run_into`]).
-#[derive(Default)]
+/// Bare `Session::run` measurement accumulated over several rounds: the batched input is
+/// built once, and each [`Self::run`] adds its runs, latencies and wall time, so a bench can
+/// alternate it with the measured loop and compare throughputs taken under the same load.
 pub struct BareAcc {
+    input_name: String,
+    data: Vec<f32>,
+    shape: [usize; 4],
     rec: Recorder,
     runs: usize,
     wall_s: f64,
 }
 
 impl BareAcc {
-    /// The merged measurement: latency per run and images/s over the summed wall time.
-    pub fn report(&self, batch: usize) -> BareRun {
+    /// `tensor` is one image `[1, 3, h, w]` (`hw = (h, w)`), repeated `batch` times along N.
+    pub fn new(input_name: &str, tensor: &[f32], hw: (usize, usize), batch: usize) -> Self {
         let b = batch.max(1);
+        BareAcc {
+            input_name: input_name.to_string(),
+            data: tensor.repeat(b),
+            shape: [b, 3, hw.0, hw.1],
+            rec: Recorder::new(),
+            runs: 0,
+            wall_s: 0.0,
+        }
+    }
+
+    /// One round: `plan.warmup` unmeasured runs, then the measured ones.
+    ///
+    /// Errors: as [`bare_run`].
+    pub fn run(&mut self, session: &mut ort::session::Session, plan: Plan) -> Result<()> {
+        let (shape, data, name) = (self.shape, self.data.as_slice(), self.input_name.as_str());
+        let run = |session: &mut ort::session::Session| -> Result<()> {
+            let t = ort::value::TensorRef::from_array_view((shape, data))
+                .map_err(|e| Error::Runtime(format!("input {shape:?}: {e}")))?;
+            session
+                .run(ort::inputs![name => t])
+                .map_err(|e| Error::Runtime(format!("bare run with input {shape:?}: {e}")))?;
+            Ok(())
+        };
+        for _ in 0..plan.warmup {
+            run(session)?;
+        }
+        let start = std::time::Instant::now();
+        let mut n = 0usize;
+        while !plan.done(n, start) {
+            let t = std::time::Instant::now();
+            run(session)?;
+            self.rec.record(t.elapsed());
+            n += 1;
+        }
+        self.wall_s += start.elapsed().as_secs_f64();
+        self.runs += n;
+        Ok(())
+    }
+
+    /// The merged measurement: latency per run and images/s over the summed wall time.
+    pub fn report(&self) -> BareRun {
+        let b = self.shape[0];
         BareRun {
             batch: b,
             latency: self.rec.stats(),
             throughput_ips: (self.runs * b) as f64 / self.wall_s.max(f64::MIN_POSITIVE),
         }
     }
-}
-
-/// [`bare_run`] adding its runs, latencies and wall time to `acc`, so that a bench can
-/// alternate it with the measured loop in rounds and compare throughputs taken under the
-/// same load.
-///
-/// Errors: as [`bare_run`].
-pub fn bare_run_into(
-    session: &mut ort::session::Session,
-    input_name: &str,
-    tensor: &[f32],
-    hw: (usize, usize),
-    batch: usize,
-    plan: Plan,
-    acc: &mut BareAcc,
-) -> Result<()> {
-    let b = batch.max(1);
-    let data: Vec<f32> = if b == 1 {
-        tensor.to_vec()
-    } else {
-        let mut v = Vec::with_capacity(tensor.len() * b);
-        for _ in 0..b {
-            v.extend_from_slice(tensor);
-        }
-        v
-    };
-    let shape = [b, 3, hw.0, hw.1];
-    let run = |session: &mut ort::session::Session| -> Result<()> {
-        let t = ort::value::TensorRef::from_array_view((shape, data.as_slice()))
-            .map_err(|e| Error::Runtime(format!("input {shape:?}: {e}")))?;
-        session
-            .run(ort::inputs![input_name => t])
-            .map_err(|e| Error::Runtime(format!("bare run with input {shape:?}: {e}")))?;
-        Ok(())
-    };
-    for _ in 0..plan.warmup {
-        run(session)?;
-    }
-    let start = std::time::Instant::now();
-    let mut n = 0usize;
-    while !plan.done(n, start) {
-        let t = std::time::Instant::now();
-        run(session)?;
-        acc.rec.record(t.elapsed());
-        n += 1;
-    }
-    acc.wall_s += start.elapsed().as_secs_f64();
-    acc.runs += n;
-    Ok(())
 }
 
 /// Runs `runs` inferences on a separate session built with ONNX Runtime profiling on (same

@@ -180,14 +180,14 @@ impl Detector {
         let meta = self
             .last_meta
             .ok_or_else(|| Error::InvalidInput("infer() called before preprocess()".into()))?;
-        let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
-        let tensor = TensorRef::from_array_view((shape, self.pre.tensor()))
-            .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
-        let model = &self.model;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.spec.input.name.as_str() => tensor])
-            .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))?;
+        let name = self.spec.input.name.as_str();
+        let outputs = run_session(
+            &mut self.session,
+            name,
+            &self.model,
+            self.pre.tensor(),
+            &meta,
+        )?;
         for o in &mut self.outs {
             let v = outputs.get(&o.name).ok_or_else(|| {
                 Error::Runtime(format!("output {:?} missing from the run", o.name))
@@ -255,44 +255,6 @@ impl Detector {
     }
 }
 
-impl Detector {
-    /// Inference + post-processing of a tensor preprocessed elsewhere (e.g. by a worker
-    /// thread's own [`Preprocessor`] in `bench --pipeline`): `tensor` is `[1, 3, meta.input_h,
-    /// meta.input_w]` f32 as [`Preprocessor::tensor`] lays it out. Reads the head outputs in
-    /// place like [`Self::detect_timed`]; `StageTimes::preprocess` is zero.
-    ///
-    /// Errors: [`Error::InvalidInput`] when `tensor` has the wrong length; [`Error::Runtime`]
-    /// from ONNX Runtime or an output that is not f32; post-processing errors.
-    pub fn detect_prepared(
-        &mut self,
-        tensor: &[f32],
-        meta: &ImageMeta,
-    ) -> Result<(Vec<Detection>, StageTimes)> {
-        let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
-        if tensor.len() != shape.iter().product::<usize>() {
-            return Err(Error::InvalidInput(format!(
-                "input tensor has {} values, expected {shape:?}",
-                tensor.len()
-            )));
-        }
-        let (dets, infer, post) = run_and_postprocess(
-            &mut self.session,
-            &self.spec,
-            &self.outs,
-            &self.level_base,
-            &self.model,
-            tensor,
-            meta,
-        )?;
-        let times = StageTimes {
-            preprocess: Duration::ZERO,
-            infer,
-            postprocess: post,
-        };
-        Ok((dets, times))
-    }
-}
-
 /// Raw head outputs of one run, owned: ONNX Runtime's own output values (reference-counted,
 /// not copied) with the image geometry. `Send`, so a pipeline can post-process them on another
 /// thread ([`PostProcessor`]) while the session already runs the next image.
@@ -323,13 +285,11 @@ impl PostProcessor {
     /// Errors: [`Error::Runtime`] for an output that is not f32 or has the wrong shape;
     /// post-processing errors.
     pub fn run(&self, outs: &HeadOutputs) -> Result<Vec<Detection>> {
-        let mut views = Vec::with_capacity(outs.values.len());
-        for (name, v) in &outs.values {
-            let (shape, data) = v
-                .try_extract_tensor::<f32>()
-                .map_err(|e| Error::Runtime(format!("output {name:?}: {e}")))?;
-            views.push(OutView { name, shape, data });
-        }
+        let views = outs
+            .values
+            .iter()
+            .map(|(name, v)| out_view(name, v))
+            .collect::<Result<Vec<_>>>()?;
         let levels = slice_levels(&self.spec, &self.level_base, &views, &outs.meta)?;
         postprocess::postprocess(&self.spec, &levels, &outs.meta)
     }
@@ -355,13 +315,8 @@ impl Detector {
             )));
         }
         let t0 = Instant::now();
-        let input = TensorRef::from_array_view((shape, tensor))
-            .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
-        let model = &self.model;
-        let mut outputs = self
-            .session
-            .run(ort::inputs![self.spec.input.name.as_str() => input])
-            .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))?;
+        let name = self.spec.input.name.as_str();
+        let mut outputs = run_session(&mut self.session, name, &self.model, tensor, meta)?;
         let t1 = t0.elapsed();
         let mut values = Vec::with_capacity(self.outs.len());
         for o in &self.outs {
@@ -401,30 +356,42 @@ fn run_and_postprocess(
     meta: &ImageMeta,
 ) -> Result<(Vec<Detection>, Duration, Duration)> {
     let t1 = Instant::now();
-    let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
-    let input = TensorRef::from_array_view((shape, tensor))
-        .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
-    let outputs = session
-        .run(ort::inputs![spec.input.name.as_str() => input])
-        .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))?;
+    let outputs = run_session(session, &spec.input.name, model, tensor, meta)?;
     let t2 = Instant::now();
     let mut views = Vec::with_capacity(outs.len());
     for o in outs {
         let v = outputs
             .get(&o.name)
             .ok_or_else(|| Error::Runtime(format!("output {:?} missing from the run", o.name)))?;
-        let (shape, data) = v
-            .try_extract_tensor::<f32>()
-            .map_err(|e| Error::Runtime(format!("output {:?}: {e}", o.name)))?;
-        views.push(OutView {
-            name: &o.name,
-            shape,
-            data,
-        });
+        views.push(out_view(&o.name, v)?);
     }
     let levels = slice_levels(spec, level_base, &views, meta)?;
     let dets = postprocess::postprocess(spec, &levels, meta)?;
     Ok((dets, t2 - t1, t2.elapsed()))
+}
+
+/// `Session::run` of one preprocessed image `[1, 3, meta.input_h, meta.input_w]`.
+fn run_session<'s>(
+    session: &'s mut Session,
+    input_name: &str,
+    model: &Path,
+    tensor: &[f32],
+    meta: &ImageMeta,
+) -> Result<ort::session::SessionOutputs<'s>> {
+    let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
+    let input = TensorRef::from_array_view((shape, tensor))
+        .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
+    session
+        .run(ort::inputs![input_name => input])
+        .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))
+}
+
+/// The f32 view of output `name`. Errors: [`Error::Runtime`] when it is not an f32 tensor.
+fn out_view<'a>(name: &'a str, v: &'a ort::value::DynValue) -> Result<OutView<'a>> {
+    let (shape, data) = v
+        .try_extract_tensor::<f32>()
+        .map_err(|e| Error::Runtime(format!("output {name:?}: {e}")))?;
+    Ok(OutView { name, shape, data })
 }
 
 /// Borrowed view of one output tensor.

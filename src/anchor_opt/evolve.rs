@@ -265,9 +265,9 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         .map(|c| [c[0] * sd[0], c[1] * sd[1]])
         .collect();
     // one fitness evaluation on the calling thread (bit-identical to the parallel sum)
-    let fitness = |a: &[[f32; 2]]| -> f64 {
-        fp.sum_best_seq(a, true, |v| if v > thr { v as f64 } else { 0.0 }) / fp.len() as f64
-    };
+    // YOLOv5 `anchor_fitness` per box: the best ratio metric if above `thr`, else 0
+    let ff = |v: f32| if v > thr { v as f64 } else { 0.0 };
+    let fitness = |a: &[[f32; 2]]| -> f64 { fp.sum_best_seq(a, true, ff) / fp.len() as f64 };
     let mut f = fitness(&anchors);
     let f0 = f;
     // The multipliers do not depend on the anchors, so all are drawn up front from the seeded
@@ -347,7 +347,6 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
             let e = &mut c[m / 4][(m / 2) % 2];
             *e = (*e * s.exp()).max(cfg.min_side);
         };
-        let ff = |v: f32| if v > thr { v as f64 } else { 0.0 };
         while step >= 1e-2 {
             // each neighbour changes one anchor: evaluated from the per-box best and
             // second-best of the current anchors, bit-identical to `fitness` (tested in

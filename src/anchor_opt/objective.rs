@@ -300,9 +300,25 @@ fn shape_chunk<const RATIO: bool>(c: &Chunk, s: [f32; 5], out: &mut [f32]) {
     }
 }
 
+/// [`replaced_chunk_body`] for the top's metric, AVX2 when the CPU has it.
+fn replaced_chunk(s: [f32; 5], ts: TopSlice, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { replaced_chunk_avx2(s, ts, out) };
+        return;
+    }
+    replaced_chunk_dispatch(s, ts, out)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn replaced_chunk_avx2(s: [f32; 5], ts: TopSlice, out: &mut [f32]) {
+    replaced_chunk_dispatch(s, ts, out)
+}
+
+#[inline(always)]
+fn replaced_chunk_dispatch(s: [f32; 5], ts: TopSlice, out: &mut [f32]) {
     match ts.top.metric {
         Metric::Ratio => replaced_chunk_body::<true>(s, ts, out),
         Metric::Iou => replaced_chunk_body::<false>(s, ts, out),
@@ -691,17 +707,7 @@ impl ShapeProblem {
                 j: j as u32,
             };
             let o = &mut out[..hi - lo];
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                unsafe { replaced_chunk_avx2(sv, ts, o) };
-                total += lane_sum(o, &f);
-                continue;
-            }
-            match top.metric {
-                Metric::Ratio => replaced_chunk_body::<true>(sv, ts, o),
-                Metric::Iou => replaced_chunk_body::<false>(sv, ts, o),
-            }
+            replaced_chunk(sv, ts, o);
             total += lane_sum(o, &f);
         }
         total
@@ -853,28 +859,22 @@ mod tests {
             .collect()
     }
 
-    /// The dense kernels give bit-identical best values, the same (level, shape) argmax and
-    /// bit-identical chunked sums as the brute-force search, for both metrics, in the free and
-    /// the FPN layout, for boxes spanning tiny to huge and several chunk sizes; the ratio
-    /// expression equals `ratio_wh` to rounding.
+    /// `n` boxes and 9 shapes with sides spread log-uniformly (boxes 1..512, shapes 1..64).
+    fn random_problem(rng: &mut ChaCha8Rng, n: usize) -> (Vec<f32>, Vec<f32>, Vec<[f32; 2]>) {
+        let mut side = |hi: f32| 2f32.powf(rng.random_range(0.0..hi));
+        let w: Vec<f32> = (0..n).map(|_| side(9.0)).collect();
+        let h: Vec<f32> = (0..n).map(|_| side(9.0)).collect();
+        let shapes = (0..9).map(|_| [side(6.0), side(6.0)]).collect();
+        (w, h, shapes)
+    }
+
+    /// `sum_best_replacing` (one shape changed, from the per-box top two) equals a full
+    /// `sum_best_seq` bit for bit, free and FPN, both metrics, with exact ties between shapes.
     #[test]
     fn replacing_one_shape_equals_full_evaluation() {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         for n in [5usize, CHUNK + 3, 2 * CHUNK + 101] {
-            let w: Vec<f32> = (0..n)
-                .map(|_| 2f32.powf(rng.random_range(0.0..9.0)))
-                .collect();
-            let h: Vec<f32> = (0..n)
-                .map(|_| 2f32.powf(rng.random_range(0.0..9.0)))
-                .collect();
-            let mut shapes: Vec<[f32; 2]> = (0..9)
-                .map(|_| {
-                    [
-                        2f32.powf(rng.random_range(0.0..6.0)),
-                        2f32.powf(rng.random_range(0.0..6.0)),
-                    ]
-                })
-                .collect();
+            let (w, h, mut shapes) = random_problem(&mut rng, n);
             shapes.push(shapes[2]); // exact ties between shapes 2 and 9
             for strides in [None, Some(&[8u32, 16, 32][..])] {
                 let p = ShapeProblem::new(w.clone(), h.clone(), strides).sorted_by_area();
@@ -901,24 +901,15 @@ mod tests {
         }
     }
 
+    /// The dense kernels give bit-identical best values, the same (level, shape) argmax and
+    /// bit-identical chunked sums as the brute-force search, for both metrics, in the free and
+    /// the FPN layout, for boxes spanning tiny to huge and several chunk sizes; the ratio
+    /// expression equals `ratio_wh` to rounding.
     #[test]
     fn dense_kernels_equal_brute_force() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         for n in [1usize, 7, CHUNK - 1, CHUNK + 3, 3 * CHUNK + 17] {
-            let w: Vec<f32> = (0..n)
-                .map(|_| 2f32.powf(rng.random_range(0.0..9.0)))
-                .collect();
-            let h: Vec<f32> = (0..n)
-                .map(|_| 2f32.powf(rng.random_range(0.0..9.0)))
-                .collect();
-            let mut shapes: Vec<[f32; 2]> = (0..9)
-                .map(|_| {
-                    [
-                        2f32.powf(rng.random_range(0.0..6.0)),
-                        2f32.powf(rng.random_range(0.0..6.0)),
-                    ]
-                })
-                .collect();
+            let (w, h, mut shapes) = random_problem(&mut rng, n);
             shapes.push(shapes[3]); // an exact tie: the first one must win
             for strides in [None, Some(&[8u32, 16, 32, 64, 128][..])] {
                 let unsorted = ShapeProblem::new(w.clone(), h.clone(), strides);

@@ -483,10 +483,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut bare = if args.no_bare {
         None
     } else {
-        Some((
-            runtime::session(&model, &opts)?.0,
-            bench::BareAcc::default(),
-        ))
+        let acc = bench::BareAcc::new(&input_name, &tensor, hw, args.batch);
+        Some((runtime::session(&model, &opts)?.0, acc))
     };
 
     // The measured loop and the bare runs alternate round by round (same load for both).
@@ -507,10 +505,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             m.merge(mr);
         }
         if let Some((session, acc)) = &mut bare {
-            bench::bare_run_into(session, &input_name, &tensor, hw, args.batch, pr, acc)?;
+            acc.run(session, pr)?;
         }
     }
-    let bare_run = bare.as_ref().map(|(_, acc)| acc.report(args.batch));
+    let bare_run = bare.as_ref().map(|(_, acc)| acc.report());
     let ep_check = bench::profile_providers(&model, &opts, &input_name, &tensor, hw, 3)?;
 
     let mut one_time = BTreeMap::new();

@@ -125,59 +125,47 @@ pub fn integral_scalar(bins: &[f32]) -> f32 {
     acc / sum
 }
 
-/// [`integral`] of 1..=8 bins in one AVX2 vector (padding lanes masked to zero weight).
+/// [`integral`] of 1..=8 bins in one AVX2 vector (padding lanes are -inf).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn integral_avx2(bins: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
     let mut buf = [f32::NEG_INFINITY; 8];
     buf[..bins.len()].copy_from_slice(bins);
     // SAFETY: `buf` holds 8 f32.
-    let v = unsafe { _mm256_loadu_ps(buf.as_ptr()) };
-    let hmax = |x: __m256| {
-        let m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
-        _mm_cvtss_f32(m)
-    };
-    let hsum = |x: __m256| {
-        let s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        _mm_cvtss_f32(s)
-    };
-    let m = hmax(v);
-    let valid = _mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_set1_ps(f32::NEG_INFINITY));
-    let e = _mm256_and_ps(exp8_avx2(_mm256_sub_ps(v, _mm256_set1_ps(m))), valid);
-    let idx = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
-    hsum(_mm256_mul_ps(e, idx)) / hsum(e)
+    integral_v8(unsafe { std::arch::x86_64::_mm256_loadu_ps(buf.as_ptr()) })
 }
 
-/// The four side integrals of one prior with 8 bins per side (`dist[..32]`, side-major), the
-/// same arithmetic as [`integral_avx2`] on each side, in one call.
+/// The four side integrals of one prior with 8 bins per side (`dist[..32]`, side-major), each
+/// exactly [`integral_avx2`]'s arithmetic, in one call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn integral4x8_avx2(dist: &[f32]) -> [f32; 4] {
-    use std::arch::x86_64::*;
     assert!(dist.len() >= 32);
+    // SAFETY: `dist` holds at least 32 values (asserted), so side `s` < 4 is in bounds.
+    std::array::from_fn(|s| {
+        integral_v8(unsafe { std::arch::x86_64::_mm256_loadu_ps(dist.as_ptr().add(8 * s)) })
+    })
+}
+
+/// Softmax-weighted mean bin index of 8 bin logits in one vector; -inf lanes get weight 0
+/// (as `exp(-inf) = 0` in the scalar path).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn integral_v8(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm256_max_ps(v, _mm256_permute2f128_ps::<1>(v, v));
+    let m = _mm256_max_ps(m, _mm256_permute_ps::<0b0100_1110>(m));
+    let m = _mm256_max_ps(m, _mm256_permute_ps::<0b1011_0001>(m));
+    let valid = _mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_set1_ps(f32::NEG_INFINITY));
+    let e = _mm256_and_ps(exp8_avx2(_mm256_sub_ps(v, m)), valid);
     let idx = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
-    let mut out = [0f32; 4];
-    for (s, o) in out.iter_mut().enumerate() {
-        // SAFETY: `dist` holds at least 32 values (asserted), so side `s` < 4 is in bounds.
-        let v = unsafe { _mm256_loadu_ps(dist.as_ptr().add(8 * s)) };
-        let m = _mm256_max_ps(v, _mm256_permute2f128_ps::<1>(v, v));
-        let m = _mm256_max_ps(m, _mm256_permute_ps::<0b0100_1110>(m));
-        let m = _mm256_max_ps(m, _mm256_permute_ps::<0b1011_0001>(m));
-        let e = exp8_avx2(_mm256_sub_ps(v, m));
-        let (se, sw) = (e, _mm256_mul_ps(e, idx));
-        let h = |x: __m256| {
-            let t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-            let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-            _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
-        };
-        *o = h(sw) / h(se);
-    }
-    out
+    let hsum = |x: __m256| {
+        let t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
+    };
+    hsum(_mm256_mul_ps(e, idx)) / hsum(e)
 }
 
 /// `exp` of 8 lanes (Cephes `expf`: `2^n * p(r)` with a Cody-Waite split of `ln 2` and a
