@@ -8,6 +8,7 @@
 //! Run: `CARGO_TARGET_DIR=/work/target-release cargo bench --bench preprocess`
 
 use anchorkit::preprocess::{Preprocessor, decode_image};
+use anchorkit::spec::ResizeBackend;
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::Path;
@@ -55,6 +56,13 @@ fn bench(c: &mut Criterion) {
             let img = decode_image(data, &path, true).unwrap();
             c.bench_function(&format!("resize_normalize_only_{name}"), |b| {
                 b.iter(|| pre.run(black_box(&img)).unwrap())
+            });
+            // the fast_image_resize backend (antialiased bilinear, not OpenCV-exact)
+            let mut fir_input = common::mmdet_input();
+            fir_input.resize_backend = ResizeBackend::FastImageResize;
+            let mut fir_pre = Preprocessor::new(&fir_input);
+            c.bench_function(&format!("resize_normalize_only_fir_{name}"), |b| {
+                b.iter(|| fir_pre.run(black_box(&img)).unwrap())
             });
         }
     }

@@ -518,6 +518,7 @@ mod tests {
                 },
                 dynamic_hw: true,
                 exif_orientation: true,
+                resize_backend: Default::default(),
             },
             head: HeadSpec {
                 kind: if centerness {

@@ -71,6 +71,24 @@ pub struct InputSpec {
     /// Apply EXIF orientation when decoding (modern OpenCV / mmcv do).
     #[serde(default = "default_true")]
     pub exif_orientation: bool,
+    /// Resize implementation (mmcv `imresize(..., backend=...)`); default `cv2`.
+    #[serde(default)]
+    pub resize_backend: ResizeBackend,
+}
+
+/// Which bilinear resize produces the network input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeBackend {
+    /// Bit-exact OpenCV `cv2.resize(..., INTER_LINEAR)`, as mmcv `imresize` (default backend
+    /// `cv2`) calls it during training and testing: the tensor equals mmdet's byte for byte
+    /// once the decoded pixels are equal.
+    #[default]
+    Cv2,
+    /// `fast_image_resize` bilinear convolution (antialiased when downscaling: every source
+    /// pixel under the scaled kernel contributes). Differs from OpenCV by 1-3 levels on many
+    /// pixels; kept for comparison and for models trained with an antialiased resize.
+    FastImageResize,
 }
 
 fn default_true() -> bool {

@@ -47,5 +47,6 @@ pub fn mmdet_input() -> anchorkit::spec::InputSpec {
         },
         dynamic_hw: true,
         exif_orientation: true,
+        resize_backend: Default::default(),
     }
 }

@@ -185,8 +185,16 @@ def _parse_input(obj: dict[str, Any]) -> InputSpec:
             "pad",
             "dynamic_hw",
             "exif_orientation",
+            "resize_backend",
         },
         w,
+    )
+    # The reference always resizes with cv2 (mmcv's default backend); a spec asking for the
+    # fast_image_resize kernel is still read, and the tensors then differ by +-1..3 levels.
+    _one_of(
+        obj.get("resize_backend", "cv2"),
+        ("cv2", "fast_image_resize"),
+        "input.resize_backend",
     )
     pad = obj.get("pad", {"size_divisor": 1, "value": 0.0})
     _check_keys(pad, {"size_divisor", "value"}, "input.pad")
