@@ -89,8 +89,10 @@ fn seed_pp(
     let n = p.len();
     let mut centers = Vec::with_capacity(k);
     centers.push(canonical(p, rng.random_range(0..n), ref_scale));
+    best.fill(-1.0);
     while centers.len() < k {
-        p.best_into(&centers, false, best, None);
+        // only the newest centre can raise a box's best IoU
+        p.best_update(&centers[centers.len() - 1..], false, best);
         let d2 = |v: f32| {
             let d = 1.0 - v as f64;
             d * d
@@ -296,9 +298,13 @@ pub fn iou_center(members: &Members, start: [f32; 2]) -> [f32; 2] {
 /// IoU-ascent polish of converged centres (see the module docs).
 pub fn polish(p: &ShapeProblem, centers: &mut [[f32; 2]], rounds: usize) -> f64 {
     let k = centers.len();
-    let mut cur = p.mean_best_iou(centers);
-    for _ in 0..rounds {
-        let asg = p.assign(centers, false);
+    let n = p.len().max(1) as f64;
+    // the assignment that scores a round's centres is the next round's starting assignment
+    // (one pass for both; the value equals `mean_best_iou`)
+    let (mut asg, s) = p.assign_sum(centers, false, |v| v as f64);
+    let mut cur = s / n;
+    for round in 0..rounds {
+        let t0 = std::time::Instant::now();
         let mut counts = vec![0usize; k];
         for m in &asg {
             counts[m.shape as usize] += 1;
@@ -320,10 +326,16 @@ pub fn polish(p: &ShapeProblem, centers: &mut [[f32; 2]], rounds: usize) -> f64 
             .zip(centers.par_iter())
             .map(|(m, &c)| iou_center(m, c))
             .collect();
-        let val = p.mean_best_iou(&new);
+        let (asg_new, s) = p.assign_sum(&new, false, |v| v as f64);
+        let val = s / n;
+        tracing::debug!(
+            "polish round {round}: {:.2} ms, mean IoU {val:.7}",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         if val > cur + 1e-8 {
             centers.copy_from_slice(&new);
             cur = val;
+            asg = asg_new;
         } else {
             break;
         }
@@ -352,12 +364,20 @@ pub fn kmeans(p: &ShapeProblem, cfg: &KmeansConfig) -> KmeansResult {
     let runs: Vec<(f64, Vec<[f32; 2]>, usize)> = (0..cfg.restarts.max(1))
         .into_par_iter()
         .map(|r| {
+            let t0 = std::time::Instant::now();
             let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, r as u64));
             let mut best = vec![0f32; p.len()];
             let mut arg = vec![0u32; p.len()];
             let mut c = seed_pp(p, k, cfg.ref_scale, &mut rng, &mut best);
+            let t1 = std::time::Instant::now();
             let it = lloyd(p, &mut c, cfg.max_iter, &mut best, &mut arg);
-            (p.mean_best_iou(&c), c, it)
+            let v = p.mean_best_iou(&c);
+            tracing::debug!(
+                "k-means restart {r}: seeding {:.2} ms, {it} Lloyd iterations {:.2} ms, mean IoU {v:.6}",
+                (t1 - t0).as_secs_f64() * 1e3,
+                t1.elapsed().as_secs_f64() * 1e3
+            );
+            (v, c, it)
         })
         .collect();
     let mut best: Option<(f64, Vec<[f32; 2]>, usize)> = None;
@@ -367,11 +387,16 @@ pub fn kmeans(p: &ShapeProblem, cfg: &KmeansConfig) -> KmeansResult {
         }
     }
     let (lloyd_v, mut c, it) = best.expect("at least one restart");
+    let t0 = std::time::Instant::now();
     let v = if cfg.polish {
         polish(p, &mut c, 10)
     } else {
         lloyd_v
     };
+    tracing::debug!(
+        "k-means polish {:.2} ms: mean IoU {lloyd_v:.6} -> {v:.6}",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     c.sort_by(|a, b| (a[0] * a[1]).total_cmp(&(b[0] * b[1])));
     KmeansResult {
         shapes: c,

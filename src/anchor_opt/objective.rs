@@ -377,6 +377,48 @@ pub struct Top2 {
     c2: Vec<f32>,
 }
 
+/// Boxes `b0..b0 + B` of a chunk (scaled sizes and terms in `bc`) against every shape of
+/// level `l`: raises `best` (and sets `arg` to `l * ns + k` when `ARG`) where a shape is
+/// strictly better, shapes in order. `B` boxes stay in registers while the shapes pass.
+#[inline(always)]
+fn block<const RATIO: bool, const ARG: bool, const B: usize>(
+    b0: usize,
+    l: usize,
+    ns: usize,
+    t: &ShapeTable,
+    bc: [&[f32]; 4],
+    best: &mut [f32],
+    arg: &mut [u32],
+) {
+    let (tw, th, tiw, tih, ta) = (&t.w[..ns], &t.h[..ns], &t.iw[..ns], &t.ih[..ns], &t.a[..ns]);
+    let x: &[f32; B] = bc[0][b0..b0 + B].try_into().expect("B boxes");
+    let y: &[f32; B] = bc[1][b0..b0 + B].try_into().expect("B boxes");
+    let p: &[f32; B] = bc[2][b0..b0 + B].try_into().expect("B boxes");
+    let q: &[f32; B] = bc[3][b0..b0 + B].try_into().expect("B boxes");
+    let mut bb = [0f32; B];
+    bb.copy_from_slice(&best[b0..b0 + B]);
+    let mut aa = [0u32; B];
+    if ARG {
+        aa.copy_from_slice(&arg[b0..b0 + B]);
+    }
+    for k in 0..ns {
+        let (aw, ah, iaw, iah, ar) = (tw[k], th[k], tiw[k], tih[k], ta[k]);
+        let code = (l * ns + k) as u32;
+        for j in 0..B {
+            let v = pair_metric::<RATIO>(x[j], y[j], p[j], q[j], aw, ah, iaw, iah, ar);
+            let better = v > bb[j];
+            bb[j] = if better { v } else { bb[j] };
+            if ARG {
+                aa[j] = if better { code } else { aa[j] };
+            }
+        }
+    }
+    best[b0..b0 + B].copy_from_slice(&bb);
+    if ARG {
+        arg[b0..b0 + B].copy_from_slice(&aa);
+    }
+}
+
 #[inline(always)]
 fn best_chunk_body<const RATIO: bool, const ARG: bool>(
     w: &[f32],
@@ -429,33 +471,32 @@ fn best_chunk_body<const RATIO: bool, const ARG: bool>(
         let metric = |k: usize, x: f32, y: f32, c1: f32, c2: f32| -> f32 {
             pair_metric::<RATIO>(x, y, c1, c2, t.w[k], t.h[k], t.iw[k], t.ih[k], t.a[k])
         };
-        // blocks of 8 boxes held in registers while every shape passes over them; the
-        // remainder box by box (the same expressions in the same order)
+        // blocks of 16 boxes held in registers while every shape passes over them (the
+        // shape's terms are loaded once per 16 boxes), then blocks of 8, then box by box:
+        // the same expressions in the same order for every box
+        let full16 = n / 16 * 16;
+        for b0 in (0..full16).step_by(16) {
+            block::<RATIO, ARG, 16>(
+                b0,
+                l,
+                ns,
+                t,
+                [&bw[..], &bh[..], &c1[..], &c2[..]],
+                best,
+                arg,
+            );
+        }
         let full = n / 8 * 8;
-        for b0 in (0..full).step_by(8) {
-            let mut bb = [0f32; 8];
-            bb.copy_from_slice(&best[b0..b0 + 8]);
-            let mut aa = [0u32; 8];
-            if ARG {
-                aa.copy_from_slice(&arg[b0..b0 + 8]);
-            }
-            let (x, y) = (&bw[b0..b0 + 8], &bh[b0..b0 + 8]);
-            let (p, q) = (&c1[b0..b0 + 8], &c2[b0..b0 + 8]);
-            for k in 0..ns {
-                let code = (l * ns + k) as u32;
-                for j in 0..8 {
-                    let v = metric(k, x[j], y[j], p[j], q[j]);
-                    let better = v > bb[j];
-                    bb[j] = if better { v } else { bb[j] };
-                    if ARG {
-                        aa[j] = if better { code } else { aa[j] };
-                    }
-                }
-            }
-            best[b0..b0 + 8].copy_from_slice(&bb);
-            if ARG {
-                arg[b0..b0 + 8].copy_from_slice(&aa);
-            }
+        for b0 in (full16..full).step_by(8) {
+            block::<RATIO, ARG, 8>(
+                b0,
+                l,
+                ns,
+                t,
+                [&bw[..], &bh[..], &c1[..], &c2[..]],
+                best,
+                arg,
+            );
         }
         for i in full..n {
             for k in 0..ns {
@@ -589,6 +630,48 @@ impl ShapeProblem {
         out
     }
 
+    /// [`Self::assign`] together with the sum of `f(best value)` over boxes, bit-identical to
+    /// [`Self::sum_best`] (the same per-chunk [`lane_sum`]s added in chunk order): one pass
+    /// where an assignment and its objective are both needed (the k-means polish).
+    pub fn assign_sum(
+        &self,
+        shapes: &[[f32; 2]],
+        ratio: bool,
+        f: impl Fn(f32) -> f64 + Sync,
+    ) -> (Vec<Match>, f64) {
+        let t = ShapeTable::new(shapes);
+        let metric = Metric::of(ratio);
+        let ns = shapes.len().max(1) as u32;
+        let mut out = vec![
+            Match {
+                shape: 0,
+                level: 0,
+                value: 0.0
+            };
+            self.len()
+        ];
+        let parts: Vec<f64> = out
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .map(|(c, o)| {
+                let lo = c * CHUNK;
+                let n = o.len();
+                let (mut best, mut arg) = ([-1.0f32; CHUNK], [0u32; CHUNK]);
+                let (best, arg) = (&mut best[..n], &mut arg[..n]);
+                best_chunk(metric, &self.chunk(&t, lo, lo + n), best, Some(arg));
+                for ((m, &v), &a) in o.iter_mut().zip(best.iter()).zip(arg.iter()) {
+                    *m = Match {
+                        shape: a % ns,
+                        level: (a / ns) as u8,
+                        value: v,
+                    };
+                }
+                lane_sum(best, &f)
+            })
+            .collect();
+        (out, parts.iter().sum())
+    }
+
     /// Best value (and with `arg`, the code `level * K + shape`, see [`Self::assign`]) of every
     /// box into caller buffers of length [`Self::len`], on the calling thread: the allocation-free
     /// inner step of k-means restarts that already run in parallel.
@@ -606,6 +689,18 @@ impl ShapeProblem {
             let (lo, hi) = (c * CHUNK, c * CHUNK + b.len());
             let a = arg.as_deref_mut().map(|a| &mut a[lo..hi]);
             best_chunk(metric, &self.chunk(&t, lo, hi), b, a);
+        }
+    }
+
+    /// Raise `best[i]` to the metric of box `i` against each of `shapes` where that is higher
+    /// (no argmax): after [`Self::best_into`] with shapes `S`, this with shapes `T` leaves the
+    /// same values as `best_into` with `S ++ T` (max is exact).
+    pub fn best_update(&self, shapes: &[[f32; 2]], ratio: bool, best: &mut [f32]) {
+        let t = ShapeTable::new(shapes);
+        let metric = Metric::of(ratio);
+        for (c, b) in best.chunks_mut(CHUNK).enumerate() {
+            let (lo, hi) = (c * CHUNK, c * CHUNK + b.len());
+            best_chunk(metric, &self.chunk(&t, lo, hi), b, None);
         }
     }
 
@@ -896,6 +991,34 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// `assign_sum` gives `assign`'s matches and `sum_best`'s sum bit for bit; `best_update`
+    /// with new shapes after `best_into` equals `best_into` with all shapes (blocks of 16, 8
+    /// and single boxes all covered by the sizes).
+    #[test]
+    fn assign_sum_and_best_update_equal_the_full_passes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for n in [3usize, 29, CHUNK + 21, 2 * CHUNK + 7] {
+            let (w, h, shapes) = random_problem(&mut rng, n);
+            for strides in [None, Some(&[8u32, 16, 32][..])] {
+                let p = ShapeProblem::new(w.clone(), h.clone(), strides);
+                for ratio in [false, true] {
+                    let f = |v: f32| v as f64;
+                    let (m, s) = p.assign_sum(&shapes, ratio, f);
+                    assert_eq!(m, p.assign(&shapes, ratio));
+                    assert_eq!(s.to_bits(), p.sum_best(&shapes, ratio, f).to_bits());
+                    let mut full = vec![0f32; n];
+                    p.best_into(&shapes, ratio, &mut full, None);
+                    let mut inc = vec![0f32; n];
+                    p.best_into(&shapes[..4], ratio, &mut inc, None);
+                    p.best_update(&shapes[4..7], ratio, &mut inc);
+                    p.best_update(&shapes[7..], ratio, &mut inc);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&inc), bits(&full), "n {n} ratio {ratio}");
                 }
             }
         }
