@@ -125,34 +125,49 @@ fn nearest_avx2(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) {
 
 #[inline(always)]
 fn nearest_body(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) {
-    // blocks of points stay in L1 while every centre passes over them
-    const BLOCK: usize = 1024;
+    // 16 points held in registers while every centre passes over them (a running minimum
+    // kept in memory compiled to masked stores that stall the next centre's loads); the
+    // remainder point by point, the same expressions in the same order
+    const B: usize = 16;
     let n = pts.x.len();
     let (px, py, bd, bk) = (&pts.x[..n], &pts.y[..n], &mut bd[..n], &mut bk[..n]);
-    for (((bd, bk), px), py) in bd
-        .chunks_mut(BLOCK)
-        .zip(bk.chunks_mut(BLOCK))
-        .zip(px.chunks(BLOCK))
-        .zip(py.chunks(BLOCK))
-    {
-        bd.fill(f32::INFINITY);
-        bk.fill(0);
+    let full = n / B * B;
+    for b0 in (0..full).step_by(B) {
+        let x: &[f32; B] = px[b0..b0 + B].try_into().expect("B points");
+        let y: &[f32; B] = py[b0..b0 + B].try_into().expect("B points");
+        let mut d = [f32::INFINITY; B];
+        let mut k = [0u32; B];
         for (j, q) in c.iter().enumerate() {
             let j = j as u32;
-            for (((d, k), &x), &y) in bd.iter_mut().zip(bk.iter_mut()).zip(px).zip(py) {
-                let (dx, dy) = (x - q[0], y - q[1]);
+            for l in 0..B {
+                let (dx, dy) = (x[l] - q[0], y[l] - q[1]);
                 let v = dx * dx + dy * dy;
-                let better = v < *d;
-                *d = if better { v } else { *d };
-                *k = if better { j } else { *k };
+                let better = v < d[l];
+                d[l] = if better { v } else { d[l] };
+                k[l] = if better { j } else { k[l] };
             }
         }
+        bd[b0..b0 + B].copy_from_slice(&d);
+        bk[b0..b0 + B].copy_from_slice(&k);
+    }
+    for i in full..n {
+        let (mut d, mut k) = (f32::INFINITY, 0u32);
+        for (j, q) in c.iter().enumerate() {
+            let (dx, dy) = (px[i] - q[0], py[i] - q[1]);
+            let v = dx * dx + dy * dy;
+            if v < d {
+                d = v;
+                k = j as u32;
+            }
+        }
+        bd[i] = d;
+        bk[i] = k;
     }
 }
 
 /// Euclidean k-means on whitened points (one scipy `cluster.vq.kmeans` run, `_kmeans`: stop
 /// when the mean distance changes by at most `1e-5`); returns (centres, mean distance).
-fn whitened_run(pts: &Points, k: usize, rng: &mut ChaCha8Rng) -> (Vec<[f32; 2]>, f64) {
+fn whitened_run(pts: &Points, k: usize, rng: &mut ChaCha8Rng) -> (Vec<[f32; 2]>, f64, usize) {
     let n = pts.x.len();
     // k distinct random points
     let mut idx: Vec<usize> = Vec::with_capacity(k);
@@ -169,7 +184,7 @@ fn whitened_run(pts: &Points, k: usize, rng: &mut ChaCha8Rng) -> (Vec<[f32; 2]>,
     // iterations move few points, so this is much cheaper than summing from scratch)
     let mut sums = vec![(0.0f64, 0.0f64, 0usize); c.len()];
     let mut prev = f64::INFINITY;
-    for _ in 0..300 {
+    for it in 0..300 {
         nearest(pts, &c, &mut bd, &mut bk);
         for (i, (&j, o)) in bk.iter().zip(old.iter_mut()).enumerate() {
             if j != *o {
@@ -206,11 +221,11 @@ fn whitened_run(pts: &Points, k: usize, rng: &mut ChaCha8Rng) -> (Vec<[f32; 2]>,
         }
         // scipy `_kmeans`: stop once the mean distance changes by at most `thresh = 1e-5`
         if (prev - avg).abs() <= 1e-5 {
-            return (c, avg);
+            return (c, avg, it + 1);
         }
         prev = avg;
     }
-    (c, prev)
+    (c, prev, 300)
 }
 
 /// YOLOv5 k-means + genetic evolution.
@@ -245,13 +260,22 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         x: pts.iter().map(|q| q[0] / sd[0]).collect(),
         y: pts.iter().map(|q| q[1] / sd[1]).collect(),
     };
-    let runs: Vec<(Vec<[f32; 2]>, f64)> = (0..cfg.kmeans_runs.max(1))
+    let t0 = std::time::Instant::now();
+    let runs: Vec<(Vec<[f32; 2]>, f64, usize)> = (0..cfg.kmeans_runs.max(1))
         .into_par_iter()
         .map(|r| {
             let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(cfg.seed, 1000 + r as u64));
             whitened_run(&white, k, &mut rng)
         })
         .collect();
+    tracing::debug!(
+        "evolve: {} whitened k-means runs, {} iterations in all, {:.2} ms",
+        runs.len(),
+        runs.iter().map(|r| r.2).sum::<usize>(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let t0 = std::time::Instant::now();
+    let runs: Vec<(Vec<[f32; 2]>, f64)> = runs.into_iter().map(|r| (r.0, r.1)).collect();
     let best = runs
         .into_iter()
         .fold(None::<(Vec<[f32; 2]>, f64)>, |b, r| match b {
@@ -332,6 +356,12 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         bar.inc(done as u64);
     }
     bar.finish_and_clear();
+    tracing::debug!(
+        "evolve: {} generations ({accepted} accepted) {:.2} ms",
+        cfg.generations,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let t0 = std::time::Instant::now();
     let fitness_evolved = f;
     let mut polish_moves = 0;
     if cfg.polish {
@@ -404,6 +434,10 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
             polish_moves += 1;
         }
     }
+    tracing::debug!(
+        "evolve: polish {polish_moves} moves {:.2} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     anchors.sort_by(|a, b| (a[0] * a[1]).total_cmp(&(b[0] * b[1])));
     let (bpr, aat, _) = p.yolo_scores(&anchors, thr);
     EvolveResult {
