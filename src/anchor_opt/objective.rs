@@ -602,32 +602,7 @@ impl ShapeProblem {
     /// the maximum of [`iou_wh`] over the pairs) or the YOLOv5 ratio metric (`ratio = true`).
     /// Ties go to the first pair in (level, shape) order. Dense kernel, parallel over chunks.
     pub fn assign(&self, shapes: &[[f32; 2]], ratio: bool) -> Vec<Match> {
-        let t = ShapeTable::new(shapes);
-        let metric = Metric::of(ratio);
-        let ns = shapes.len().max(1) as u32;
-        let mut out = vec![
-            Match {
-                shape: 0,
-                level: 0,
-                value: 0.0
-            };
-            self.len()
-        ];
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
-            let lo = c * CHUNK;
-            let n = o.len();
-            let (mut best, mut arg) = ([-1.0f32; CHUNK], [0u32; CHUNK]);
-            let (best, arg) = (&mut best[..n], &mut arg[..n]);
-            best_chunk(metric, &self.chunk(&t, lo, lo + n), best, Some(arg));
-            for ((m, &v), &a) in o.iter_mut().zip(best.iter()).zip(arg.iter()) {
-                *m = Match {
-                    shape: a % ns,
-                    level: (a / ns) as u8,
-                    value: v,
-                };
-            }
-        });
-        out
+        self.assign_sum(shapes, ratio, |_| 0.0).0
     }
 
     /// [`Self::assign`] together with the sum of `f(best value)` over boxes, bit-identical to
