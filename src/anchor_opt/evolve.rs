@@ -275,9 +275,9 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         t0.elapsed().as_secs_f64() * 1e3
     );
     let t0 = std::time::Instant::now();
-    let runs: Vec<(Vec<[f32; 2]>, f64)> = runs.into_iter().map(|r| (r.0, r.1)).collect();
     let best = runs
         .into_iter()
+        .map(|(c, avg, _)| (c, avg))
         .fold(None::<(Vec<[f32; 2]>, f64)>, |b, r| match b {
             Some(b) if b.1 <= r.1 => Some(b),
             _ => Some(r),

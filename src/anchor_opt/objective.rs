@@ -474,31 +474,17 @@ fn best_chunk_body<const RATIO: bool, const ARG: bool>(
         // blocks of 16 boxes held in registers while every shape passes over them (the
         // shape's terms are loaded once per 16 boxes), then blocks of 8, then box by box:
         // the same expressions in the same order for every box
-        let full16 = n / 16 * 16;
-        for b0 in (0..full16).step_by(16) {
-            block::<RATIO, ARG, 16>(
-                b0,
-                l,
-                ns,
-                t,
-                [&bw[..], &bh[..], &c1[..], &c2[..]],
-                best,
-                arg,
-            );
+        let bc = [&bw[..], &bh[..], &c1[..], &c2[..]];
+        let mut b0 = 0;
+        while b0 + 16 <= n {
+            block::<RATIO, ARG, 16>(b0, l, ns, t, bc, best, arg);
+            b0 += 16;
         }
-        let full = n / 8 * 8;
-        for b0 in (full16..full).step_by(8) {
-            block::<RATIO, ARG, 8>(
-                b0,
-                l,
-                ns,
-                t,
-                [&bw[..], &bh[..], &c1[..], &c2[..]],
-                best,
-                arg,
-            );
+        if b0 + 8 <= n {
+            block::<RATIO, ARG, 8>(b0, l, ns, t, bc, best, arg);
+            b0 += 8;
         }
-        for i in full..n {
+        for i in b0..n {
             for k in 0..ns {
                 let v = metric(k, bw[i], bh[i], c1[i], c2[i]);
                 if v > best[i] {

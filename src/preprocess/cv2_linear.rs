@@ -124,29 +124,28 @@ impl LinearResize {
         for dy in 0..self.dh as usize {
             let sy = self.yofs[dy] as i64;
             let (y0, y1) = (sy.clamp(0, last), (sy + 1).clamp(0, last));
-            // Keep a row already computed (OpenCV's ring buffer does the same; the values do
-            // not depend on it).
-            if self.hrow[1] == y0 || self.hrow[0] == y1 {
+            // Keep rows already computed (OpenCV's ring buffer does the same; the values do
+            // not depend on it): sy never decreases, so the previous second row may become
+            // the first; at the clamped top and bottom both rows are the same one.
+            if self.hrow[1] == y0 {
                 self.hbuf.swap(0, 1);
                 self.hrow.swap(0, 1);
             }
-            for (slot, y) in [(0usize, y0), (1, y1)] {
-                if self.hrow[slot] != y {
-                    if self.hrow[1 - slot] == y {
-                        let (a, b) = self.hbuf.split_at_mut(1);
-                        if slot == 0 {
-                            a[0].copy_from_slice(&b[0]);
-                        } else {
-                            b[0].copy_from_slice(&a[0]);
-                        }
-                    } else {
-                        self.horizontal(&src[y as usize * row_bytes..], slot);
-                    }
-                    self.hrow[slot] = y;
-                }
+            if self.hrow[0] != y0 {
+                self.horizontal(&src[y0 as usize * row_bytes..], 0);
+                self.hrow[0] = y0;
             }
+            let second = if y1 == y0 {
+                0
+            } else {
+                if self.hrow[1] != y1 {
+                    self.horizontal(&src[y1 as usize * row_bytes..], 1);
+                    self.hrow[1] = y1;
+                }
+                1
+            };
             let [b0, b1] = self.yw[dy];
-            vertical(&self.hbuf[0], &self.hbuf[1], b0, b1, &mut self.row8);
+            vertical(&self.hbuf[0], &self.hbuf[second], b0, b1, &mut self.row8);
             sink(dy, &self.row8);
         }
     }

@@ -6,7 +6,7 @@ test (`tests/cv2_resize.rs`).
 For each image `<stem>`: `<stem>.rgb` (the `cv2.imdecode` pixels as RGB u8, `H x W x 3`),
 `<stem>.<W>x<H>.rgb` (`cv2.resize(..., INTER_LINEAR)` of those pixels, RGB u8) for each size,
 and per spec `k` (0-based) `<stem>.spec<k>.f32` (the reference `preprocess` tensor, NCHW f32,
-little endian). `index.json` lists every file with its shape.
+little endian).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -33,26 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",") if s]
     specs = [parse_spec(json.loads(p.read_text()), str(p)) for p in a.spec]
-    index: list[dict[str, Any]] = []
     for path in a.images:
         bgr = load_image(path)
         stem = path.stem
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        h, w = rgb.shape[:2]
         (a.out / f"{stem}.rgb").write_bytes(rgb.tobytes())
-        entry: dict[str, Any] = {"image": str(path), "stem": stem, "w": w, "h": h}
-        entry["resized"] = []
         for dw, dh in sizes:
             r = cv2.resize(rgb, (dw, dh), interpolation=cv2.INTER_LINEAR)
             (a.out / f"{stem}.{dw}x{dh}.rgb").write_bytes(r.tobytes())
-            entry["resized"].append([dw, dh])
-        entry["tensors"] = []
         for k, spec in enumerate(specs):
             t, _meta = preprocess(spec.input, bgr)
             (a.out / f"{stem}.spec{k}.f32").write_bytes(t.astype("<f4").tobytes())
-            entry["tensors"].append(list(t.shape))
-        index.append(entry)
-    (a.out / "index.json").write_text(json.dumps(index, indent=1))
     return 0
 
 
