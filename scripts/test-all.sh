@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_venv.sh
+# libjpeg-turbo (ABI 62) for OpenCV-exact JPEG decoding (src/preprocess/libjpeg.rs)
+if ! ldconfig -p 2>/dev/null | grep -q 'libjpeg\.so\.62 ' && [ -z "${ANCHORKIT_LIBJPEG:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing libjpeg62-turbo (apt-get)"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends libjpeg62-turbo
+  else
+    echo "error: libjpeg.so.62 not found; install libjpeg62-turbo (Debian/Ubuntu) or libjpeg-turbo," >&2
+    echo "       or set ANCHORKIT_LIBJPEG to a libjpeg.so.62 (ANCHORKIT_LIBJPEG=off: image crate decoder)" >&2
+    exit 1
+  fi
+fi
 export PATH="$PWD/tools/.venv/bin:$PATH"
 # CI builds once from scratch: incremental caches only cost disk there.
 if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi

@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::spec::{ChannelOrder, InputSpec, ResizeBackend, ResizeRule};
 
 pub mod cv2_linear;
+pub mod libjpeg;
 
 /// Bit-exact `cv2.resize(src, (dw, dh), interpolation=cv2.INTER_LINEAR)` of an RGB8 image
 /// (see [`cv2_linear`]); `dw`, `dh` at least 1.
@@ -89,6 +90,29 @@ pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result
         return Err(err(
             "truncated JPEG data (no end-of-image marker after the last scan)".into(),
         ));
+    }
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        match libjpeg::decode(bytes) {
+            Ok(libjpeg::Decoded::Rgb(img, warning)) => {
+                if let Some(w) = warning {
+                    // OpenCV decodes such files too (libjpeg recovers); say so and go on
+                    tracing::warn!("{}: corrupt JPEG data: {w}", path.display());
+                }
+                let orientation = libjpeg::exif_chunk(bytes)
+                    .filter(|_| exif_orientation)
+                    .and_then(image::metadata::Orientation::from_exif_chunk);
+                return Ok(match orientation {
+                    None | Some(image::metadata::Orientation::NoTransforms) => img,
+                    Some(o) => {
+                        let mut d = DynamicImage::ImageRgb8(img);
+                        d.apply_orientation(o);
+                        d.into_rgb8()
+                    }
+                });
+            }
+            Ok(libjpeg::Decoded::Unsupported) => {} // the image crate below
+            Err(msg) => return Err(err(format!("corrupt JPEG data: {msg}"))),
+        }
     }
     let mut decoder = reader
         .into_decoder()

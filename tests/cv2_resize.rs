@@ -6,8 +6,11 @@
 //! * the full `Preprocessor` tensor equals the reference `preprocess` tensor bit for bit for
 //!   the NanoDet-m specs (stretch, BGR) and for keep-ratio 1333x800 / divisor 32 (RGB) and
 //!   letterbox 416 (pad 114) variants;
-//! * PNG decoding equals `cv2.imdecode`; for JPEG (zune-jpeg vs libjpeg-turbo) the share of
-//!   differing bytes is printed, not asserted.
+//! * PNG decoding equals `cv2.imdecode`, and so does JPEG decoding with libjpeg-turbo
+//!   (`preprocess::libjpeg`, required here unless `ANCHORKIT_LIBJPEG=off`, in which case the
+//!   image crate's decoder is used and the share of differing bytes is printed, not asserted);
+//! * with libjpeg-turbo, the whole pipeline from the file (`load_image` + `Preprocessor`)
+//!   equals the reference tensor bit for bit.
 //!
 //! Skips (prints `SKIP`) without `../shared` or the tools venv, fails instead under `CI=true`.
 
@@ -42,6 +45,18 @@ fn images() -> Option<Vec<PathBuf>> {
         v.push(photos.join(rel));
     }
     Some(v)
+}
+
+/// libjpeg-turbo must be loaded unless the user switched it off.
+fn libjpeg_required() -> bool {
+    if std::env::var("ANCHORKIT_LIBJPEG").is_ok_and(|v| v == "off") {
+        return false;
+    }
+    assert!(
+        anchorkit::preprocess::libjpeg::available(),
+        "libjpeg.so.62 did not load: install libjpeg62-turbo (scripts/test-all.sh does)"
+    );
+    true
 }
 
 fn sizes() -> Vec<(u32, u32)> {
@@ -147,8 +162,9 @@ fn preprocessing_equals_opencv_and_the_reference_bit_for_bit() {
             .zip(cv_img.as_raw())
             .filter(|(a, b)| a != b)
             .count();
-        if path.extension().is_some_and(|x| x == "png") {
-            assert_eq!(differing, 0, "{stem}: PNG decode differs from cv2.imdecode");
+        let exact_decode = path.extension().is_some_and(|x| x == "png") || libjpeg_required();
+        if exact_decode {
+            assert_eq!(differing, 0, "{stem}: decode differs from cv2.imdecode");
         } else {
             eprintln!(
                 "{stem}: JPEG decode vs cv2.imdecode: {:.3}% of bytes differ",
@@ -174,7 +190,8 @@ fn preprocessing_equals_opencv_and_the_reference_bit_for_bit() {
         for (k, sp) in specs.iter().enumerate() {
             let spec = DetectorSpec::from_json(&std::fs::read_to_string(sp).unwrap(), sp).unwrap();
             let mut pre = Preprocessor::new(&spec.input);
-            pre.run(&cv_img).unwrap();
+            // from our own decode where it is exact (the whole pipeline), else from OpenCV's
+            pre.run(if exact_decode { &ours } else { &cv_img }).unwrap();
             let bytes = std::fs::read(out.join(format!("{stem}.spec{k}.f32"))).unwrap();
             let want: Vec<u32> = bytes
                 .chunks_exact(4)
