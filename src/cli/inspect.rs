@@ -71,6 +71,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rt.available_providers().join(", ")
     );
     println!(
+        "jpeg:     {}",
+        anchorkit::preprocess::libjpeg::decoder_description()
+    );
+    println!(
         "threads:  {}",
         if opts.threads == 0 {
             "ONNX Runtime default".to_string()

@@ -365,9 +365,10 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Decoded, String> {
                     "unexpected output {w}x{h} with {components} components"
                 ));
             }
-            let mut img = RgbImage::new(w, h);
             let stride = w as usize * 3;
-            let buf: &mut [u8] = &mut img;
+            let len = stride * h as usize;
+            // not zero-filled: libjpeg writes every byte below before `set_len`
+            let mut buf: Vec<u8> = Vec::with_capacity(len);
             let base = buf.as_mut_ptr();
             let group = ((*cp).rec_outbuf_height.max(1) as usize).min(16);
             let mut rows = [std::ptr::null_mut::<u8>(); 16];
@@ -383,8 +384,12 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Decoded, String> {
                 }
                 y += got;
             }
+            // SAFETY: rows 0..h, `stride` bytes each, were written by `jpeg_read_scanlines`
+            buf.set_len(len);
             (lib.finish)(cp);
-            Ok(Some(img))
+            Ok(Some(
+                RgbImage::from_raw(w, h, buf).expect("buffer of w * h * 3 bytes"),
+            ))
         }
     })?;
     Ok(match img {
