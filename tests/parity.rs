@@ -47,6 +47,19 @@ const END_TO_END_MATCH_SYNTHETIC: f64 = 0.95;
 /// End to end: mean |score difference| of the matched pairs.
 const END_TO_END_MEAN_SCORE_DIFF: f64 = 0.01;
 
+/// True when JPEGs are decoded by libjpeg-turbo (`preprocess::libjpeg`), as OpenCV does; it
+/// must be loaded unless `ANCHORKIT_LIBJPEG=off` selects the image crate's decoder.
+fn exact_jpeg_decode() -> bool {
+    if std::env::var("ANCHORKIT_LIBJPEG").is_ok_and(|v| v == "off") {
+        return false;
+    }
+    assert!(
+        anchorkit::preprocess::libjpeg::available(),
+        "libjpeg.so.62 did not load: install libjpeg62-turbo (scripts/test-all.sh does)"
+    );
+    true
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -438,7 +451,17 @@ fn parity_case(
         return;
     };
     py_detect(model, spec, images, &pe, None);
-    let (frac, mean_ds, max_ds, mean_iou, n) = compare_loose(&rust, &read_jsonl(&pe), name);
+    let py_e2e = read_jsonl(&pe);
+    if exact_jpeg_decode() {
+        // OpenCV-exact decode and resize: from the files, Rust equals the reference exactly
+        let st = assert_exact(&rust, &py_e2e, &format!("{name} end to end"));
+        eprintln!(
+            "{name}: end to end (own decode/resize) exact on {} images, {} detections: \
+             max |box diff| {:.2e} px, max |score diff| {:.2e}",
+            st.images, st.detections, st.max_box, st.max_score
+        );
+    }
+    let (frac, mean_ds, max_ds, mean_iou, n) = compare_loose(&rust, &py_e2e, name);
     eprintln!(
         "{name}: end to end (own decode/resize): {:.1}% of {n} detections >= {END_TO_END_MIN_SCORE} matched \
          (same class, IoU >= 0.9; mean IoU {mean_iou:.4}), |score diff| mean {mean_ds:.2e} max {max_ds:.2e}",
