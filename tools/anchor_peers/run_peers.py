@@ -7,7 +7,10 @@ long side -> 640; darknet: stretch to 416x416; Zlocha: keras-retinanet 800/1333 
 rows with x1 == 0 or y1 == 0 dropped, as it does). anchorkit is run by its CLI on exactly those
 box sizes (a list file with one box per line, `--resize none`), and its solution is scored with
 the peer's objective code. Times are the optimizer's own time (data loading excluded on both
-sides). Peers that would run for more than `--budget` seconds are run for a fixed number of
+sides). The quick peers (darknet, mmdet k-means, YOLOv5) run `--peer-repeats` times and
+anchorkit `--repeats` times per peer, interleaved (peer, anchorkit, peer, ...) so that a busy
+phase of a shared host slows both; medians are compared, and the speed-up against anchorkit's
+slowest run is given too. Peers that would run for more than `--budget` seconds are run for a fixed number of
 generations and their full time is extrapolated (marked "extrapolated").
 
 Usage: python -m tools.anchor_peers.run_peers --anchorkit target/release/anchorkit \
@@ -21,6 +24,7 @@ import json
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,33 @@ def run_anchorkit(
     return json.loads(out.read_text()), time.perf_counter() - t
 
 
+def interleaved(
+    peer: Callable[[], Any],
+    ak: Callable[[], tuple[dict[str, Any], float]],
+    n_peer: int,
+    n_ak: int,
+) -> tuple[Any, list[float], dict[str, Any], list[float]]:
+    """Alternate peer and anchorkit runs (peer, anchorkit, peer, ...) so that a busy phase of a
+    shared host slows both sides; returns (peer result, peer seconds per run, anchorkit report,
+    anchorkit optimizer seconds per run). anchorkit is seeded: every run must give the same
+    anchors, which is checked."""
+    res: Any = None
+    rep: dict[str, Any] = {}
+    t_peer: list[float] = []
+    t_ak: list[float] = []
+    for i in range(max(n_peer, n_ak)):
+        if i < n_peer:
+            res, t = peers.timed(peer)
+            t_peer.append(t)
+        if i < n_ak:
+            r, _ = ak()
+            if rep and r["optimized"]["prior"] != rep["optimized"]["prior"]:
+                raise SystemExit("anchorkit gave different anchors for the same seed")
+            rep = r
+            t_ak.append(float(r["optimized"]["seconds"]))
+    return res, t_peer, rep, t_ak
+
+
 def all_anchors(rep: dict[str, Any]) -> F:
     """Every (w, h) of every level of the optimized prior."""
     pri = rep["optimized"]["prior"]
@@ -89,6 +120,18 @@ def main() -> None:
         help="seconds per peer before extrapolating",
     )
     ap.add_argument("--mmdet-de-generations", type=int, default=3)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="anchorkit runs per peer (median time reported)",
+    )
+    ap.add_argument(
+        "--peer-repeats",
+        type=int,
+        default=3,
+        help="runs of the darknet, mmdet k-means and YOLOv5 peers (median time reported)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="markdown table")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -100,36 +143,67 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="anchor_peers_"))
     seed = a.seed
 
-    def row(peer: str, n: int, t_peer: float, how: str, method: str, t_ak: float,
-            objective: str, v_peer: float, v_ak: float, higher: bool) -> None:  # fmt: skip
+    def row(peer: str, n: int, t_peer: float, how: str, method: str, t_ak: list[float],
+            objective: str, v_peer: float, v_ak: float, higher: bool,
+            peer_runs: list[float] | None = None) -> None:  # fmt: skip
         better = v_ak >= v_peer - 1e-12 if higher else v_ak <= v_peer + 1e-12
+        med = float(np.median(t_ak))
         rows.append({
             "peer": peer, "boxes": n, "peer_s": t_peer, "peer_timing": how,
-            "anchorkit": method, "anchorkit_s": t_ak, "speedup": t_peer / t_ak,
+            "peer_runs_s": peer_runs or [t_peer],
+            "anchorkit": method, "anchorkit_s": med, "anchorkit_runs_s": t_ak,
+            "speedup": t_peer / med, "speedup_min_over_runs": t_peer / max(t_ak),
             "objective": objective, "peer_value": v_peer, "anchorkit_value": v_ak,
             "anchorkit_equal_or_better": bool(better),
         })  # fmt: skip
         print(rows[-1], flush=True)
 
+    def median_how(ts: list[float]) -> str:
+        return f"median of {len(ts)} runs" if len(ts) > 1 else "measured"
+
+    def free9(method: str) -> list[str]:
+        """anchorkit arguments for 9 free shapes on P3-P5 (the peers' setting)."""
+        strides = ["--k", "9", "--strides", "8,16,32", "--seed", str(seed)]
+        return ["--method", method, "--layout", "free", *strides]
+
     # darknet: stretch to 416x416, k = 9
     wh_d = wh * (416.0 / size)
-    (c, _), t = peers.timed(lambda: peers.darknet_kmeans(wh_d, 9, seed))
-    rep, _ = run_anchorkit(a.anchorkit, wh_d, ["--method", "kmeans", "--layout", "free",
-                           "--k", "9", "--strides", "8,16,32", "--seed", str(seed)], tmp, "darknet")  # fmt: skip
+    (c, _), tp, rep, ta = interleaved(
+        lambda: peers.darknet_kmeans(wh_d, 9, seed),
+        lambda: run_anchorkit(
+            a.anchorkit,
+            wh_d,
+            free9("kmeans"),
+            tmp,
+            "darknet",
+        ),
+        a.peer_repeats,
+        a.repeats,
+    )
     ak = np.asarray(rep["optimized"]["shapes"])
-    row("darknet calc_anchors (numpy reimpl.)", len(wh_d), t, "measured", "kmeans --layout free",
-        rep["optimized"]["seconds"], "mean IoU", peers.mean_iou(wh_d, c), peers.mean_iou(wh_d, ak), True)  # fmt: skip
+    row("darknet calc_anchors (numpy reimpl.)", len(wh_d), float(np.median(tp)), median_how(tp),
+        "kmeans --layout free", ta, "mean IoU", peers.mean_iou(wh_d, c), peers.mean_iou(wh_d, ak),
+        True, tp)  # fmt: skip
 
     # mmdet: long side -> 608 per axis
     wh_m = wh / (maxside / 608.0)
-    (c, _), t = peers.timed(lambda: peers.mmdet_kmeans(wh_m, 9, 1000, seed))
-    rep, _ = run_anchorkit(a.anchorkit, wh_m, ["--method", "kmeans", "--layout", "free",
-                           "--k", "9", "--strides", "8,16,32", "--seed", str(seed)], tmp, "mmdet")  # fmt: skip
+    (c, _), tp, rep, t_ak = interleaved(
+        lambda: peers.mmdet_kmeans(wh_m, 9, 1000, seed),
+        lambda: run_anchorkit(
+            a.anchorkit,
+            wh_m,
+            free9("kmeans"),
+            tmp,
+            "mmdet",
+        ),
+        a.peer_repeats,
+        a.repeats,
+    )
     ak = np.asarray(rep["optimized"]["shapes"])
-    t_ak = rep["optimized"]["seconds"]
     v_ak = peers.mean_iou(wh_m, ak)
-    row("mmdet optimize_anchors k-means (torch reimpl.)", len(wh_m), t, "measured",
-        "kmeans --layout free", t_ak, "mean IoU", peers.mean_iou(wh_m, c), v_ak, True)  # fmt: skip
+    row("mmdet optimize_anchors k-means (torch reimpl.)", len(wh_m), float(np.median(tp)),
+        median_how(tp), "kmeans --layout free", t_ak, "mean IoU", peers.mean_iou(wh_m, c), v_ak,
+        True, tp)  # fmt: skip
     g = a.mmdet_de_generations
     (c, res), t = peers.timed(
         lambda: peers.mmdet_de(wh_m, 9, (608, 608), g, seed, polish=False, tol=0.0)
@@ -145,19 +219,26 @@ def main() -> None:
     labels = [
         np.array([[0, 0.5, 0.5, w / s[0], h / s[1]]]) for (w, h), s in zip(wh, size)
     ]
-    (k5, src), t = peers.timed(
+    wh_y = wh * (640.0 / maxside)
+    (k5, src), tp, rep, ta = interleaved(
         lambda: peers.yolov5_kmean_anchors(
             size, labels, 9, 640, seed, a.yolov5_autoanchor
-        )
+        ),
+        lambda: run_anchorkit(
+            a.anchorkit,
+            wh_y,
+            free9("evolve"),
+            tmp,
+            "yolov5",
+        ),
+        a.peer_repeats,
+        a.repeats,
     )
-    wh_y = wh * (640.0 / maxside)
-    rep, _ = run_anchorkit(a.anchorkit, wh_y, ["--method", "evolve", "--layout", "free",
-                           "--k", "9", "--strides", "8,16,32", "--seed", str(seed)], tmp, "yolov5")  # fmt: skip
     ak = np.asarray(rep["optimized"]["shapes"])
     sp, sa = peers.yolo_scores(wh_y, k5), peers.yolo_scores(wh_y, ak)
-    row(f"YOLOv5 kmean_anchors ({src.split(' (')[0]})", len(wh_y), t, "measured",
-        "evolve --layout free", rep["optimized"]["seconds"], "YOLOv5 fitness",
-        sp["fitness"], sa["fitness"], True)  # fmt: skip
+    row(f"YOLOv5 kmean_anchors ({src.split(' (')[0]})", len(wh_y), float(np.median(tp)),
+        median_how(tp), "evolve --layout free", ta, "YOLOv5 fitness", sp["fitness"],
+        sa["fitness"], True, tp)  # fmt: skip
     rows[-1]["bpr"] = {"peer": sp["bpr"], "anchorkit": sa["bpr"]}
 
     # Zlocha: keras-retinanet keep-ratio 800/1333, drop rows with x1 == 0 or y1 == 0
@@ -171,10 +252,20 @@ def main() -> None:
         gens[0] += 1
         return time.perf_counter() - start > a.budget
 
-    (r, s, res), t = peers.timed(lambda: peers.zlocha_de(wh_z, seed, callback=cb))
+    (r, s, res), tp, rep, ta = interleaved(
+        lambda: peers.zlocha_de(wh_z, seed, callback=cb),
+        lambda: run_anchorkit(
+            a.anchorkit,
+            wh_z,
+            ["--method", "de", "--layout", "fpn", "--k", "9", "--seed", str(seed)],
+            tmp,
+            "zlocha",
+        ),
+        1,
+        a.repeats,
+    )
+    t = tp[0]
     stopped = t > a.budget
-    rep, _ = run_anchorkit(a.anchorkit, wh_z, ["--method", "de", "--layout", "fpn", "--k", "9",
-                           "--seed", str(seed)], tmp, "zlocha")  # fmt: skip
     ak = all_anchors(rep)
     v_peer = peers.zlocha_focal(
         wh_z, peers.retinanet_anchors(r, s, [32, 64, 128, 256, 512])
@@ -182,16 +273,18 @@ def main() -> None:
     how = (f"stopped at the {a.budget:.0f} s budget after {gens[0]} generations"
            if stopped else f"measured, converged in {gens[0]} generations")  # fmt: skip
     row("Zlocha anchor-optimization DE (numpy reimpl.)", len(wh_z), t, how, "de --layout fpn",
-        rep["optimized"]["seconds"], "focal (lower better)", v_peer, peers.zlocha_focal(wh_z, ak), False)  # fmt: skip
+        ta, "focal (lower better)", v_peer, peers.zlocha_focal(wh_z, ak), False)  # fmt: skip
 
     lines = [
-        "| peer | boxes | peer time | anchorkit | anchorkit time | speed-up | objective | peer | anchorkit |",
+        "| peer | boxes | peer time | anchorkit | anchorkit time (median; runs) | speed-up (median; vs slowest run) | objective | peer | anchorkit |",
         "|---|---|---|---|---|---|---|---|---|",
-    ]
+    ]  # fmt: skip
     for x in rows:
+        runs = ", ".join(f"{v:.3f}" for v in x["anchorkit_runs_s"])
         lines.append(
             f"| {x['peer']} | {x['boxes']} | {x['peer_s']:.2f} s ({x['peer_timing']}) | "
-            f"`{x['anchorkit']}` | {x['anchorkit_s']:.3f} s | {x['speedup']:.0f}x | "
+            f"`{x['anchorkit']}` | {x['anchorkit_s']:.3f} s ({runs}) | "
+            f"{x['speedup']:.0f}x; {x['speedup_min_over_runs']:.0f}x | "
             f"{x['objective']} | {x['peer_value']:.5f} | {x['anchorkit_value']:.5f} |"
         )
     text = "\n".join(lines) + "\n"
