@@ -219,3 +219,58 @@ fn preprocessing_equals_opencv_and_the_reference_bit_for_bit() {
     );
     assert_eq!(resized_checked, imgs.len() * sizes.len());
 }
+
+/// JPEG variants (grayscale, progressive, 4:4:4, 4:2:2, restart markers, low quality with odd
+/// size) encoded by OpenCV from a real photo decode exactly as `cv2.imdecode` decodes them.
+#[test]
+fn jpeg_variants_decode_like_opencv() {
+    let (Some(py), Some(src)) = (
+        common::venv_python(),
+        common::shared("photos/registry/blood_smear_cbc.jpg"),
+    ) else {
+        return;
+    };
+    if !libjpeg_required() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("variants");
+    let mut cmd = std::process::Command::new(py);
+    cmd.current_dir(common::repo())
+        .args(["-m", "tools.reference.preprocess_dump"])
+        .arg(&out)
+        .arg("--jpeg-variants")
+        .arg(&src);
+    common::RunOk::run_ok(&mut cmd);
+    let names = [
+        "gray",
+        "progressive",
+        "s444",
+        "s422",
+        "restart",
+        "q30_odd_size",
+    ];
+    for name in names {
+        let path = out.join(format!("{name}.jpg"));
+        let ours = load_image(&path, true).unwrap();
+        let want = std::fs::read(out.join(format!("{name}.jpg.rgb"))).unwrap();
+        assert_eq!(
+            ours.as_raw().len(),
+            want.len(),
+            "{name}: decoded size {}x{}",
+            ours.width(),
+            ours.height()
+        );
+        let n = ours
+            .as_raw()
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(n, 0, "{name}: {n} bytes differ from cv2.imdecode");
+    }
+    eprintln!(
+        "{} JPEG variants decode exactly like cv2.imdecode",
+        names.len()
+    );
+}
