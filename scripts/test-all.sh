@@ -5,15 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_venv.sh
-# libjpeg-turbo (ABI 62) for OpenCV-exact JPEG decoding (src/preprocess/libjpeg.rs)
+# libjpeg-turbo (ABI 62) for OpenCV-exact JPEG decoding (src/preprocess/libjpeg.rs): the system
+# library when it can be installed, else the copy inside Pillow in tools/.venv
 if ! ldconfig -p 2>/dev/null | grep -q 'libjpeg\.so\.62 ' && [ -z "${ANCHORKIT_LIBJPEG:-}" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing libjpeg62-turbo (apt-get)"
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends libjpeg62-turbo
+    (apt-get update -qq && apt-get install -y -qq --no-install-recommends libjpeg62-turbo) ||
+      echo "note: apt-get failed; JPEGs will be decoded with Pillow's libjpeg-turbo in tools/.venv"
   else
-    echo "error: libjpeg.so.62 not found; install libjpeg62-turbo (Debian/Ubuntu) or libjpeg-turbo," >&2
-    echo "       or set ANCHORKIT_LIBJPEG to a libjpeg.so.62 (ANCHORKIT_LIBJPEG=off: image crate decoder)" >&2
-    exit 1
+    echo "note: no libjpeg.so.62; JPEGs will be decoded with Pillow's libjpeg-turbo in tools/.venv"
   fi
 fi
 export PATH="$PWD/tools/.venv/bin:$PATH"

@@ -13,7 +13,10 @@
 //! `libjpeg62-turbo`, Fedora's `libjpeg-turbo`, the copy inside Pillow's wheels) is opened with
 //! `dlopen`, so the crate builds without C headers and runs without the library:
 //! 1. `ANCHORKIT_LIBJPEG=PATH` opens that file; `ANCHORKIT_LIBJPEG=off` disables libjpeg;
-//! 2. otherwise the soname `libjpeg.so.62` (the system library).
+//! 2. otherwise the soname `libjpeg.so.62` (the system library);
+//! 3. otherwise the copy inside an installed Pillow (`pillow.libs/libjpeg-*.so.62*`): in
+//!    `tools/.venv` of the repository the binary was built from or of the current directory,
+//!    then in the `python3` on `PATH` (as the ONNX Runtime library is found, `runtime::locate`).
 //!
 //! Where none loads (or the library has another ABI version, e.g. Ubuntu's `libjpeg.so.8`,
 //! whose `jpeg_CreateDecompress` rejects our struct size), JPEGs are decoded by the `image`
@@ -290,14 +293,23 @@ static LIB: OnceLock<Option<LibJpeg>> = OnceLock::new();
 
 fn lib() -> Option<&'static LibJpeg> {
     LIB.get_or_init(|| {
-        let name = match std::env::var("ANCHORKIT_LIBJPEG") {
+        let explicit = match std::env::var("ANCHORKIT_LIBJPEG") {
             Ok(v) if v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("none") => {
                 return None;
             }
-            Ok(v) if !v.is_empty() => v,
-            _ => "libjpeg.so.62".to_string(),
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => None,
         };
-        match LibJpeg::open(&name) {
+        let first = explicit.clone().unwrap_or_else(|| "libjpeg.so.62".into());
+        let opened = LibJpeg::open(&first).or_else(|e| {
+            if explicit.is_some() {
+                return Err(e);
+            }
+            pillow_libjpeg()
+                .ok_or(e)
+                .and_then(|p| LibJpeg::open(&p.to_string_lossy()))
+        });
+        match opened {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!(
@@ -310,6 +322,56 @@ fn lib() -> Option<&'static LibJpeg> {
         }
     })
     .as_ref()
+}
+
+/// The libjpeg (ABI 62) bundled with Pillow, searched as the module docs say.
+fn pillow_libjpeg() -> Option<std::path::PathBuf> {
+    let mut venvs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/.venv")];
+    if let Ok(cwd) = std::env::current_dir() {
+        venvs.push(cwd.join("tools/.venv"));
+    }
+    for venv in venvs {
+        let Ok(rd) = std::fs::read_dir(venv.join("lib")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("python")
+                && let Some(p) = libjpeg_in(&e.path().join("site-packages/pillow.libs"))
+            {
+                return Some(p);
+            }
+        }
+    }
+    // where the `PIL` package of the `python3` on PATH lives, without importing it
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.util as u\ns = u.find_spec('PIL')\nprint(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    let dir = std::path::Path::new(dir.trim())
+        .parent()?
+        .join("pillow.libs");
+    libjpeg_in(&dir)
+}
+
+/// `libjpeg-*.so.62*` in `dir` (the first by name), if any.
+fn libjpeg_in(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy())
+                .is_some_and(|n| n.starts_with("libjpeg") && n.contains(".so.62"))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 /// True when libjpeg-turbo is loaded and [`decode`] will be used for JPEG files.
@@ -449,6 +511,21 @@ mod tests {
             assert_eq!(std::mem::offset_of!(ErrorMgr, num_warnings), 128);
             assert_eq!(std::mem::offset_of!(ErrorMgr, last_addon_message), 164);
         }
+    }
+
+    #[test]
+    fn pillow_bundled_libjpeg_is_found_and_has_our_abi() {
+        // the tools venv (installed by scripts/test-all.sh) carries Pillow's libjpeg-turbo
+        let site = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/.venv/lib");
+        if !site.is_dir() {
+            eprintln!("SKIP: no tools/.venv");
+            assert!(std::env::var("CI").is_err(), "CI must have tools/.venv");
+            return;
+        }
+        let p = pillow_libjpeg().expect("Pillow's libjpeg in tools/.venv");
+        let lib = LibJpeg::open(&p.to_string_lossy()).expect("ABI 62");
+        assert!(lib.name.contains("pillow.libs"), "{}", lib.name);
+        assert_eq!(libjpeg_in(std::path::Path::new("/nonexistent")), None);
     }
 
     #[test]
