@@ -47,18 +47,6 @@ fn images() -> Option<Vec<PathBuf>> {
     Some(v)
 }
 
-/// libjpeg-turbo must be loaded unless the user switched it off.
-fn libjpeg_required() -> bool {
-    if std::env::var("ANCHORKIT_LIBJPEG").is_ok_and(|v| v == "off") {
-        return false;
-    }
-    assert!(
-        anchorkit::preprocess::libjpeg::available(),
-        "libjpeg.so.62 did not load: install libjpeg62-turbo (scripts/test-all.sh does)"
-    );
-    true
-}
-
 fn sizes() -> Vec<(u32, u32)> {
     let mut v = vec![
         (320, 320),
@@ -162,7 +150,8 @@ fn preprocessing_equals_opencv_and_the_reference_bit_for_bit() {
             .zip(cv_img.as_raw())
             .filter(|(a, b)| a != b)
             .count();
-        let exact_decode = path.extension().is_some_and(|x| x == "png") || libjpeg_required();
+        let exact_decode =
+            path.extension().is_some_and(|x| x == "png") || common::libjpeg_required();
         if exact_decode {
             assert_eq!(differing, 0, "{stem}: decode differs from cv2.imdecode");
         } else {
@@ -230,7 +219,7 @@ fn jpeg_variants_decode_like_opencv() {
     ) else {
         return;
     };
-    if !libjpeg_required() {
+    if !common::libjpeg_required() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

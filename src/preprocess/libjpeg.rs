@@ -343,18 +343,8 @@ fn pillow_libjpeg() -> Option<std::path::PathBuf> {
         }
     }
     // where the `PIL` package of the `python3` on PATH lives, without importing it
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import importlib.util as u\ns = u.find_spec('PIL')\nprint(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')",
-        ])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let dir = String::from_utf8(out.stdout).ok()?;
-    let dir = std::path::Path::new(dir.trim())
-        .parent()?
-        .join("pillow.libs");
+    let pil = crate::runtime::locate::python_package_dir("python3", "PIL")?;
+    let dir = pil.parent()?.join("pillow.libs");
     libjpeg_in(&dir)
 }
 

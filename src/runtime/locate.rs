@@ -97,7 +97,9 @@ pub fn find_without_provisioning() -> Option<(PathBuf, LibSource)> {
             return Some((p, LibSource::Python(venv.display().to_string())));
         }
     }
-    if let Some(p) = python_package_dir("python3").and_then(|d| lib_in_dir(&d.join("capi"))) {
+    if let Some(p) =
+        python_package_dir("python3", "onnxruntime").and_then(|d| lib_in_dir(&d.join("capi")))
+    {
         return Some((p, LibSource::Python("python3 on PATH".into())));
     }
     cache_dir()
@@ -173,13 +175,13 @@ fn lib_in_venv(venv: &Path) -> Option<PathBuf> {
     None
 }
 
-/// Asks `python` where the `onnxruntime` package lives without importing it (fast).
-fn python_package_dir(python: &str) -> Option<PathBuf> {
+/// Asks `python` where package `pkg` lives without importing it (fast).
+pub(crate) fn python_package_dir(python: &str, pkg: &str) -> Option<PathBuf> {
+    let code = format!(
+        "import importlib.util as u\ns = u.find_spec('{pkg}')\nprint(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')"
+    );
     let out = Command::new(python)
-        .args([
-            "-c",
-            "import importlib.util as u\ns = u.find_spec('onnxruntime')\nprint(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')",
-        ])
+        .args(["-c", &code])
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;

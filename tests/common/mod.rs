@@ -101,3 +101,17 @@ impl RunOk for Command {
         out
     }
 }
+
+/// True when JPEGs are decoded by libjpeg-turbo (`preprocess::libjpeg`), as OpenCV decodes
+/// them; it must load unless `ANCHORKIT_LIBJPEG=off` selects the image crate's decoder (then
+/// false).
+pub fn libjpeg_required() -> bool {
+    if std::env::var("ANCHORKIT_LIBJPEG").is_ok_and(|v| v == "off") {
+        return false;
+    }
+    assert!(
+        anchorkit::preprocess::libjpeg::available(),
+        "libjpeg.so.62 did not load: install libjpeg62-turbo (scripts/test-all.sh does)"
+    );
+    true
+}
