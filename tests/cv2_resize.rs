@@ -47,6 +47,11 @@ fn images() -> Option<Vec<PathBuf>> {
     Some(v)
 }
 
+/// Number of positions where two byte slices differ.
+fn differing_bytes(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
 fn sizes() -> Vec<(u32, u32)> {
     let mut v = vec![
         (320, 320),
@@ -144,12 +149,7 @@ fn preprocessing_equals_opencv_and_the_reference_bit_for_bit() {
             "{stem}: decoded size differs"
         );
         let cv_img = RgbImage::from_raw(w, h, raw).unwrap();
-        let differing = ours
-            .as_raw()
-            .iter()
-            .zip(cv_img.as_raw())
-            .filter(|(a, b)| a != b)
-            .count();
+        let differing = differing_bytes(ours.as_raw(), cv_img.as_raw());
         let exact_decode =
             path.extension().is_some_and(|x| x == "png") || common::libjpeg_required();
         if exact_decode {
@@ -165,12 +165,7 @@ fn preprocessing_equals_opencv_and_the_reference_bit_for_bit() {
             let want = std::fs::read(out.join(format!("{stem}.{dw}x{dh}.rgb"))).unwrap();
             let got = resize_linear_cv2(&cv_img, dw, dh).unwrap();
             if got.as_raw() != &want {
-                let n = got
-                    .as_raw()
-                    .iter()
-                    .zip(&want)
-                    .filter(|(a, b)| a != b)
-                    .count();
+                let n = differing_bytes(got.as_raw(), &want);
                 panic!("{stem} {w}x{h} -> {dw}x{dh}: {n} bytes differ from cv2.resize");
             }
             resized_checked += 1;
@@ -250,12 +245,7 @@ fn jpeg_variants_decode_like_opencv() {
             ours.width(),
             ours.height()
         );
-        let n = ours
-            .as_raw()
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| a != b)
-            .count();
+        let n = differing_bytes(ours.as_raw(), &want);
         assert_eq!(n, 0, "{name}: {n} bytes differ from cv2.imdecode");
     }
     eprintln!(
