@@ -61,6 +61,9 @@ pub fn resize_linear_cv2(src: &RgbImage, dw: u32, dh: u32) -> Result<RgbImage> {
 
 /// Decode encoded image bytes to RGB8.
 ///
+/// * JPEG pixels come from libjpeg-turbo when it loads ([`libjpeg`]), equal to OpenCV's
+///   `cv2.imdecode`; otherwise (and for CMYK JPEGs and every other format) from the `image`
+///   crate.
 /// * Gray, gray+alpha, RGBA, 16-bit and palette images are converted to RGB8 (alpha is dropped,
 ///   as OpenCV `IMREAD_COLOR` does; 16-bit samples are scaled to 8 bits by the `image` crate's
 ///   rounding conversion, which may differ by 1 from OpenCV's `>> 8`).
@@ -91,29 +94,7 @@ pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result
             "truncated JPEG data (no end-of-image marker after the last scan)".into(),
         ));
     }
-    if reader.format() == Some(image::ImageFormat::Jpeg) {
-        match libjpeg::decode(bytes) {
-            Ok(libjpeg::Decoded::Rgb(img, warning)) => {
-                if let Some(w) = warning {
-                    // OpenCV decodes such files too (libjpeg recovers); say so and go on
-                    tracing::warn!("{}: corrupt JPEG data: {w}", path.display());
-                }
-                let orientation = libjpeg::exif_chunk(bytes)
-                    .filter(|_| exif_orientation)
-                    .and_then(image::metadata::Orientation::from_exif_chunk);
-                return Ok(match orientation {
-                    None | Some(image::metadata::Orientation::NoTransforms) => img,
-                    Some(o) => {
-                        let mut d = DynamicImage::ImageRgb8(img);
-                        d.apply_orientation(o);
-                        d.into_rgb8()
-                    }
-                });
-            }
-            Ok(libjpeg::Decoded::Unsupported) => {} // the image crate below
-            Err(msg) => return Err(err(format!("corrupt JPEG data: {msg}"))),
-        }
-    }
+    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| err(format!("invalid or truncated image header: {e}")))?;
@@ -123,8 +104,28 @@ pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result
     } else {
         None
     };
-    let mut img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| err(format!("corrupt or truncated image data: {e}")))?;
+    // JPEG pixels from libjpeg-turbo, as OpenCV decodes them; else (no library, CMYK) and
+    // for every other format from the image crate
+    let jpeg = if is_jpeg {
+        match libjpeg::decode(bytes) {
+            Ok(libjpeg::Decoded::Rgb(img, warning)) => {
+                if let Some(w) = warning {
+                    // OpenCV decodes such files too (libjpeg recovers); say so and go on
+                    tracing::warn!("{}: corrupt JPEG data: {w}", path.display());
+                }
+                Some(DynamicImage::ImageRgb8(img))
+            }
+            Ok(libjpeg::Decoded::Unsupported) => None,
+            Err(msg) => return Err(err(format!("corrupt JPEG data: {msg}"))),
+        }
+    } else {
+        None
+    };
+    let mut img = match jpeg {
+        Some(img) => img,
+        None => DynamicImage::from_decoder(decoder)
+            .map_err(|e| err(format!("corrupt or truncated image data: {e}")))?,
+    };
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }

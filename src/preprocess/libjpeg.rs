@@ -28,7 +28,7 @@
 //! [`decode`], which catches it, destroys the decompressor (freeing its memory pools) and
 //! returns the message. Corrupt-data warnings (`emit_message(-1)`) are counted and the first
 //! one is kept; like OpenCV, decoding goes on (a truncated file is rejected before decoding by
-//! the caller).
+//! the caller, which also reads the EXIF orientation with the image crate).
 
 use std::ffi::{CStr, c_char, c_int, c_long, c_uint, c_ulong, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -450,32 +450,6 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Decoded, String> {
     })
 }
 
-/// The EXIF block (TIFF header onwards) of the first `APP1 "Exif\0\0"` segment before the first
-/// scan of a JPEG stream, if any.
-pub fn exif_chunk(bytes: &[u8]) -> Option<&[u8]> {
-    let mut i = 2; // after SOI
-    while i + 4 <= bytes.len() {
-        if bytes[i] != 0xff {
-            return None;
-        }
-        let marker = bytes[i + 1];
-        match marker {
-            0xff => i += 1, // fill byte
-            0x01 | 0xd0..=0xd8 => i += 2,
-            0xd9 | 0xda => return None,
-            _ => {
-                let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-                let seg = bytes.get(i + 4..i + 2 + len.max(2))?;
-                if marker == 0xe1 && seg.len() > 6 && &seg[..6] == b"Exif\0\0" {
-                    return Some(&seg[6..]);
-                }
-                i += 2 + len;
-            }
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,20 +490,6 @@ mod tests {
         let lib = LibJpeg::open(&p.to_string_lossy()).expect("ABI 62");
         assert!(lib.name.contains("pillow.libs"), "{}", lib.name);
         assert_eq!(libjpeg_in(std::path::Path::new("/nonexistent")), None);
-    }
-
-    #[test]
-    fn exif_chunk_is_found_before_the_scan() {
-        let mut j = vec![0xff, 0xd8, 0xff, 0xe0, 0, 4, 1, 2];
-        let tiff = b"MM\0\x2a\0\0\0\x08";
-        j.extend_from_slice(&[0xff, 0xe1, 0, (2 + 6 + tiff.len()) as u8]);
-        j.extend_from_slice(b"Exif\0\0");
-        j.extend_from_slice(tiff);
-        j.extend_from_slice(&[0xff, 0xda, 0, 2, 0xff, 0xd9]);
-        assert_eq!(exif_chunk(&j), Some(&tiff[..]));
-        // an APP1 after SOS is not looked at; a truncated segment yields None
-        assert_eq!(exif_chunk(&[0xff, 0xd8, 0xff, 0xda, 0, 2]), None);
-        assert_eq!(exif_chunk(&[0xff, 0xd8, 0xff, 0xe1, 0, 40, b'E']), None);
     }
 
     #[test]
