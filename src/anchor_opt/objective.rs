@@ -468,12 +468,9 @@ fn best_chunk_body<const RATIO: bool, const ARG: bool>(
             }
         }
         scaled_boxes::<RATIO>(w, h, inv, bw, bh, c1, c2);
-        let metric = |k: usize, x: f32, y: f32, c1: f32, c2: f32| -> f32 {
-            pair_metric::<RATIO>(x, y, c1, c2, t.w[k], t.h[k], t.iw[k], t.ih[k], t.a[k])
-        };
         // blocks of 16 boxes held in registers while every shape passes over them (the
         // shape's terms are loaded once per 16 boxes), then blocks of 8, then box by box:
-        // the same expressions in the same order for every box
+        // one block kernel, so the same expressions in the same order for every box
         let bc = [&bw[..], &bh[..], &c1[..], &c2[..]];
         let mut b0 = 0;
         while b0 + 16 <= n {
@@ -485,15 +482,7 @@ fn best_chunk_body<const RATIO: bool, const ARG: bool>(
             b0 += 8;
         }
         for i in b0..n {
-            for k in 0..ns {
-                let v = metric(k, bw[i], bh[i], c1[i], c2[i]);
-                if v > best[i] {
-                    best[i] = v;
-                    if ARG {
-                        arg[i] = (l * ns + k) as u32;
-                    }
-                }
-            }
+            block::<RATIO, ARG, 1>(i, l, ns, t, bc, best, arg);
         }
     }
 }
