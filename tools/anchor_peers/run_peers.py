@@ -10,8 +10,8 @@ the peer's objective code. Times are the optimizer's own time (data loading excl
 sides). The quick peers (darknet, mmdet k-means, YOLOv5) run `--peer-repeats` times and
 anchorkit `--repeats` times per peer, interleaved (peer, anchorkit, peer, ...) so that a busy
 phase of a shared host slows both; medians are compared, and the speed-up against anchorkit's
-slowest run is given too. Peers that would run for more than `--budget` seconds are run for a fixed number of
-generations and their full time is extrapolated (marked "extrapolated").
+slowest run is given too. Peers that would run for more than `--budget` seconds are run for a
+fixed number of generations and their full time is extrapolated (marked "extrapolated").
 
 Usage: python -m tools.anchor_peers.run_peers --anchorkit target/release/anchorkit \
     --yolov5-autoanchor DIR/yolov5/utils/autoanchor.py --out peers.md
@@ -50,10 +50,11 @@ def load_coco(path: Path) -> tuple[F, F]:
     return np.asarray(b, dtype=np.float64), np.asarray(s, dtype=np.float64)
 
 
-def run_anchorkit(
+def anchorkit_runner(
     exe: Path, wh: F, args: list[str], tmp: Path, name: str
-) -> tuple[dict[str, Any], float]:
-    """Run `anchorkit anchors` on box sizes `wh`; returns (json report, wall seconds)."""
+) -> Callable[[], dict[str, Any]]:
+    """Write box sizes `wh` as a list file once; the returned function runs `anchorkit
+    anchors` on it and returns its json report."""
     lst = tmp / f"{name}.txt"
     lst.write_text(
         "".join(
@@ -65,14 +66,17 @@ def run_anchorkit(
         str(exe), "anchors", "--dataset", str(lst), "--format", "list", "--resize", "none",
         "--orig-size", "100000x100000", "--quiet", "--json", str(out), *args,
     ]  # fmt: skip
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return json.loads(out.read_text()), time.perf_counter() - t
+
+    def run() -> dict[str, Any]:
+        subprocess.run(cmd, check=True, capture_output=True)
+        return json.loads(out.read_text())
+
+    return run
 
 
 def interleaved(
     peer: Callable[[], Any],
-    ak: Callable[[], tuple[dict[str, Any], float]],
+    ak: Callable[[], dict[str, Any]],
     n_peer: int,
     n_ak: int,
 ) -> tuple[Any, list[float], dict[str, Any], list[float]]:
@@ -89,7 +93,7 @@ def interleaved(
             res, t = peers.timed(peer)
             t_peer.append(t)
         if i < n_ak:
-            r, _ = ak()
+            r = ak()
             if rep and r["optimized"]["prior"] != rep["optimized"]["prior"]:
                 raise SystemExit("anchorkit gave different anchors for the same seed")
             rep = r
@@ -170,7 +174,7 @@ def main() -> None:
     wh_d = wh * (416.0 / size)
     (c, _), tp, rep, ta = interleaved(
         lambda: peers.darknet_kmeans(wh_d, 9, seed),
-        lambda: run_anchorkit(
+        anchorkit_runner(
             a.anchorkit,
             wh_d,
             free9("kmeans"),
@@ -189,7 +193,7 @@ def main() -> None:
     wh_m = wh / (maxside / 608.0)
     (c, _), tp, rep, t_ak = interleaved(
         lambda: peers.mmdet_kmeans(wh_m, 9, 1000, seed),
-        lambda: run_anchorkit(
+        anchorkit_runner(
             a.anchorkit,
             wh_m,
             free9("kmeans"),
@@ -224,7 +228,7 @@ def main() -> None:
         lambda: peers.yolov5_kmean_anchors(
             size, labels, 9, 640, seed, a.yolov5_autoanchor
         ),
-        lambda: run_anchorkit(
+        anchorkit_runner(
             a.anchorkit,
             wh_y,
             free9("evolve"),
@@ -254,7 +258,7 @@ def main() -> None:
 
     (r, s, res), tp, rep, ta = interleaved(
         lambda: peers.zlocha_de(wh_z, seed, callback=cb),
-        lambda: run_anchorkit(
+        anchorkit_runner(
             a.anchorkit,
             wh_z,
             ["--method", "de", "--layout", "fpn", "--k", "9", "--seed", str(seed)],
