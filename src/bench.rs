@@ -549,7 +549,8 @@ impl BareAcc {
 
 /// Runs `runs` inferences on a separate session built with ONNX Runtime profiling on (same
 /// options otherwise) and returns node time per provider from the profile, which shows where
-/// the nodes really ran (ort has no `get_providers()`; see `runtime-and-ecosystem.md` 2.6).
+/// the nodes really ran (ort has no equivalent of Python's `get_providers()`; the profile's
+/// `cat == "Node"` events carry `args.provider`).
 ///
 /// Errors: session creation / run errors, or a profile without node events.
 pub fn profile_providers(

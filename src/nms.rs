@@ -1,7 +1,7 @@
 //! Class-aware non-maximum suppression, exactly as `mmcv.ops.batched_nms` computes it.
 //!
 //! Sources: mmcv `v1.7.2:mmcv/ops/nms.py` (`batched_nms`, `nms`) and
-//! `mmcv/ops/csrc/pytorch/cpu/nms.cpp`, summarized in `reference/mmdet-inference.md` 4.2.
+//! `mmcv/ops/csrc/pytorch/cpu/nms.cpp` (`nms_cpu`; the same in mmcv v2.1.0).
 //!
 //! mmcv makes NMS class-aware with the *offset trick*: every box is shifted by
 //! `label * (max_coordinate + 1)` in f32, so boxes of different classes never overlap, and IoUs

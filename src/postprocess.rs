@@ -2,7 +2,9 @@
 //! under one of three rules ([`PostprocessRule`]):
 //!
 //! * `Mmdet` (mmdet >= 2.18 and 3.x; `BaseDenseHead._predict_by_feat_single` +
-//!   `filter_scores_and_topk` + `_bbox_post_process`, `reference/mmdet-inference.md` 4.1/4.5):
+//!   `filter_scores_and_topk` + `_bbox_post_process`; v2
+//!   `mmdet/models/dense_heads/base_dense_head.py`, `mmdet/core/utils/misc.py`; v3 the same
+//!   head file and `mmdet/models/utils/misc.py`):
 //!   per level, pairs `(prior, class)` with `score > score_thr` (raw logits compared against
 //!   `logit(score_thr)`), top `nms_pre` pairs, decode only those (clamped to the resized image);
 //!   concat levels; rescale to original pixels (letterbox: subtract the pad offset, then divide

@@ -3,8 +3,8 @@
 //!
 //! Sources: mmcv `v1.7.2:mmcv/image/geometric.py` (`rescale_size`, `_scale_size`, `imresize`),
 //! mmcv `v1.7.2:mmcv/image/photometric.py` (`imnormalize_`), mmdet
-//! `mmdet/datasets/pipelines/transforms.py` (v2 `Resize`, `Normalize`, `Pad`), summarized in
-//! `reference/mmdet-inference.md` section 1.3.
+//! `mmdet/datasets/pipelines/transforms.py` (v2 `Resize`, `Normalize`, `Pad`), v3
+//! `mmdet/models/data_preprocessors/data_preprocessor.py` (`DetDataPreprocessor`).
 //!
 //! # Resize kernel
 //! The default backend ([`ResizeBackend::Cv2`], module [`cv2_linear`]) reproduces OpenCV's
@@ -68,7 +68,8 @@ pub fn resize_linear_cv2(src: &RgbImage, dw: u32, dh: u32) -> Result<RgbImage> {
 ///   as OpenCV `IMREAD_COLOR` does; 16-bit samples are scaled to 8 bits by the `image` crate's
 ///   rounding conversion, which may differ by 1 from OpenCV's `>> 8`).
 /// * With `exif_orientation`, the EXIF orientation tag (JPEG, TIFF, WebP, PNG eXIf) is applied,
-///   as OpenCV 4.x `imdecode(IMREAD_COLOR)` does (`reference/mmdet-inference.md` 1.3).
+///   as OpenCV 4.x `imdecode(IMREAD_COLOR)` does (mmcv `imfrombytes`, flag `'color'`;
+///   `mmcv/image/io.py` `imread_flags`).
 ///
 /// Errors: [`Error::Image`] naming `path` for empty, truncated, corrupt or non-image data.
 pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result<RgbImage> {
@@ -517,7 +518,7 @@ mod tests {
         }
     }
 
-    /// The worked sizes table of `reference/mmdet-inference.md` 1.3.
+    /// Sizes worked out with mmcv `rescale_size` for mmdet's (1333, 800) keep-ratio scale.
     #[test]
     fn keep_ratio_worked_sizes() {
         let spec = keep_ratio_spec();

@@ -47,8 +47,8 @@ pub enum ChannelOrder {
     Bgr,
 }
 
-/// Input tensor and preprocessing (mmdet `Resize` / `Normalize` / `Pad`, see
-/// `reference/mmdet-inference.md` section 1.3).
+/// Input tensor and preprocessing (mmdet `Resize` / `Normalize` / `Pad`,
+/// `mmdet/datasets/pipelines/transforms.py`; mmcv `mmcv/image/geometric.py` `rescale_size`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
@@ -261,7 +261,8 @@ pub enum ScoreActivation {
     Activated,
 }
 
-/// Which post-processing rule to reproduce (`reference/mmdet-inference.md` section 4, App. A).
+/// Which post-processing rule to reproduce (mmdet `BaseDenseHead`, mmdeploy
+/// `mmdeploy/codebase/mmdet/models/dense_heads/base_dense_head.py`, mmdet 2.17 `AnchorHead`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PostprocessRule {

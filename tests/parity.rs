@@ -1,5 +1,6 @@
 //! Parity of `anchorkit detect` with the Python reference (`tools/reference`, numpy +
-//! onnxruntime written plainly from `reference/mmdet-inference.md`), on real images.
+//! onnxruntime written plainly from the mmdet/mmcv sources each of its modules cites), on real
+//! images.
 //!
 //! * Exact parity (`--dump-input` on the Rust side, `--input-from` on the Python side, so the
 //!   network sees the identical tensor): same number of detections, same class ids in the same

@@ -1,7 +1,7 @@
 //! FPN anchor sets: per-level base anchors exactly as mmdet's `AnchorGenerator` /
 //! `YOLOAnchorGenerator` build them (`mmdet/core/anchor/anchor_generator.py`, v2.28; identical in
-//! v3 `task_modules/prior_generators/anchor_generator.py`; `reference/mmdet-inference.md`
-//! section 2), conversion to and from [`PriorSpec`], and the optimizer's shape layouts.
+//! v3 `task_modules/prior_generators/anchor_generator.py`), conversion to and from
+//! [`PriorSpec`], and the optimizer's shape layouts.
 
 use crate::error::{Error, Result};
 use crate::spec::PriorSpec;

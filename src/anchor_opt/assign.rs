@@ -3,7 +3,7 @@
 //! flat index `(y W + x) A + a`, [`AnchorSet`]), and each ground truth is assigned with the exact
 //! rules of:
 //!
-//! - **ATSS** (`mmdet/core/bbox/assigners/atss_assigner.py`, `reference/mmdet-inference.md` 6.2):
+//! - **ATSS** (`mmdet/core/bbox/assigners/atss_assigner.py`, `ATSSAssigner.assign`):
 //!   per level the `k = min(9, anchors in level)` anchors with the smallest centre distance, IoU
 //!   threshold `mean + std` (unbiased) of the `L k` candidates, positive if `IoU >= thr` and the
 //!   anchor centre is inside the gt by more than 0.01; an anchor positive for several gts goes to

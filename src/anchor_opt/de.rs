@@ -1,5 +1,5 @@
 //! Differential evolution over the RetinaNet anchor parameterization (martinzlocha/
-//! anchor-optimization, Zlocha et al. 2019; `reference/mmdet-inference.md` section 7.4): ratios
+//! anchor-optimization `anchor_optimization/optimize_anchors.py`, Zlocha et al. 2019): ratios
 //! `[1, r_1, 1/r_1, ...]` (h/w, `r_i` in (1, 4)) and scales `s_j` in (0.4, 2) on the base size
 //! `octave_base_scale * stride`, so the anchor of ratio `r` and scale `s` at stride `t` is
 //! `w = b s / sqrt(r)`, `h = b s sqrt(r)` with `b = octave_base_scale * t` and A = ratios x

@@ -1,5 +1,4 @@
-//! YOLOv5 AutoAnchor (`kmean_anchors` in ultralytics/yolov5 `utils/autoanchor.py`,
-//! `reference/mmdet-inference.md` section 7.2), seeded:
+//! YOLOv5 AutoAnchor (`kmean_anchors` in ultralytics/yolov5 `utils/autoanchor.py`), seeded:
 //!
 //! 1. keep boxes with any side >= 2 px;
 //! 2. whitened k-means: Euclidean k-means on `(w / sigma_w, h / sigma_h)` (population std), 30

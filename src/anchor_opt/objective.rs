@@ -1,5 +1,7 @@
 //! Shape-only objectives over all dataset boxes (boxes and anchors centred at the origin), the
-//! quantities the peers optimize (`reference/mmdet-inference.md` section 7):
+//! quantities the peers optimize (mmdet `tools/analysis_tools/optimize_anchors.py`, darknet
+//! `src/detector.c` `calc_anchors`, yolov5 `utils/autoanchor.py`, martinzlocha/anchor-optimization
+//! `anchor_optimization/optimize_anchors.py`):
 //!
 //! - centred IoU `min(w1,w2) min(h1,h2) / (w1 h1 + w2 h2 - min(w1,w2) min(h1,h2))` and the mean
 //!   over boxes of the best IoU over anchors (YOLOv2 / darknet, mmdet `optimize_anchors.py`);

@@ -1,5 +1,6 @@
 //! Mapping annotation boxes into the detector's input space with the spec's resize rule, as
-//! mmdet's test/train pipeline does (`reference/mmdet-inference.md` section 1.3):
+//! mmdet's test/train pipeline does (`mmdet/datasets/pipelines/transforms.py` `Resize`, mmcv
+//! `mmcv/image/geometric.py` `rescale_size`):
 //!
 //! - `keep_ratio` (`Resize(scale=(long, short), keep_ratio=True)`): `s = min(long / max(w, h),
 //!   short / min(w, h))` in f64, `new = int(x * s + 0.5)`, box scale = `new / orig` per axis

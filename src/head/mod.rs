@@ -1,7 +1,8 @@
 //! Dense-head numerics: priors (anchors / points), box coders, and per-level candidate
 //! selection on raw head outputs. [`crate::postprocess`] drives them from the spec.
 //!
-//! Index mapping (`reference/mmdet-inference.md` 2.3): for NCHW outputs of one image, class
+//! Index mapping (mmdet `AnchorGenerator.single_level_grid_priors` order and the permute /
+//! reshape in `BaseDenseHead._predict_by_feat_single`): for NCHW outputs of one image, class
 //! element `cls[((a*C + c)*H + y)*W + x]` pairs with prior `i = (y*W + x)*A + a`; regression
 //! channel `a*R + k` (R = 4, or 4*(reg_max+1) for GFL) and centerness channel `a`. For Flat
 //! outputs, row `i` of `[H*W*A, K]`.

@@ -4,8 +4,7 @@
 //! Sources: mmdet v2 `mmdet/core/anchor/anchor_generator.py` (`gen_single_level_base_anchors`,
 //! `_meshgrid`, `single_level_grid_priors`), v3
 //! `mmdet/models/task_modules/prior_generators/anchor_generator.py` and
-//! `point_generator.py` (`MlvlPointGenerator`), summarized in `reference/mmdet-inference.md`
-//! section 2.
+//! `point_generator.py` (`MlvlPointGenerator`).
 //!
 //! Flat prior index of anchor `a` at cell `(y, x)` of an `H x W` level: `i = (y*W + x)*A + a`,
 //! coordinates `base[a] + (x*stride, y*stride, x*stride, y*stride)` (f32 add).
@@ -174,7 +173,8 @@ mod tests {
         assert_eq!(octave_scales(8.0, 1), vec![8.0f32]);
     }
 
-    /// Reference table of section 2.1: stride-8 FreeAnchor base anchors.
+    /// Stride-8 FreeAnchor base anchors as mmdet 2.28.2 `gen_single_level_base_anchors`
+    /// computes them under torch.
     #[test]
     fn stride8_table() {
         let p = LevelPriors::from_spec(&freeanchor(), 0, 8).unwrap();

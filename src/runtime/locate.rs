@@ -1,6 +1,6 @@
 //! Locating (and, as a last resort, provisioning) the ONNX Runtime shared library.
 //!
-//! Search order (DESIGN.md "Runtime library"):
+//! Search order:
 //! 1. `--ort-lib PATH` ([`RuntimeOptions::ort_lib`](super::RuntimeOptions::ort_lib));
 //! 2. the `ORT_DYLIB_PATH` environment variable;
 //! 3. next to the executable (`<exe dir>/libonnxruntime.so*` or `<exe dir>/lib/`);

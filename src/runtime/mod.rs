@@ -4,7 +4,9 @@
 //!
 //! Requested GPU execution providers are registered with `error_on_failure`, so a CUDA or
 //! TensorRT request that cannot be satisfied is an [`Error::ExecutionProvider`] naming what is
-//! missing, never a silent CPU run (see `reference/runtime-and-ecosystem.md` 2.4 and 2.6).
+//! missing, never a silent CPU run (`ort` 2.0.0-rc.15 `src/ep/mod.rs`,
+//! `ExecutionProviderDispatch::error_on_failure`: without it a failed registration falls back to
+//! the CPU provider silently).
 
 pub mod locate;
 
