@@ -9,10 +9,11 @@ post-processing paths (anchors, DeltaXYWH decode, top-k, NMS) on real images.
   `add_extra_convs='on_input'`), RetinaHead-shaped outputs `cls_p{3..7}` [N, 720, H, W]
   (A=9, C=80) and `reg_p{3..7}` [N, 36, H, W]; anchors octave_base_scale 4, scales_per_octave 3,
   ratios (0.5, 1, 2); DeltaXYWH stds (0.1, 0.1, 0.2, 0.2); NMS IoU 0.5
-  (reference `mmdet-inference.md` section 1.1).
+  (mmdet `retinanet_r50_fpn.py`).
 - `atss_synth.onnx`: same backbone (P6 from P5, `on_output`), GroupNorm towers, outputs
   `cls_p*` [N, 80, H, W], `reg_p*` [N, 4, H, W] (times a per-level Scale), `ctr_p*` [N, 1, H, W];
-  one anchor per location (octave_base_scale 8, ratio 1); NMS IoU 0.6 (section 1.2).
+  one anchor per location (octave_base_scale 8, ratio 1); NMS IoU 0.6
+  (mmdet `atss_r50_fpn_1x_coco.py`).
 
 Both take `input` [N, 3, H, W] with dynamic N/H/W, mmdet keep-ratio (1333, 800) resizing,
 RGB mean/std normalisation and padding to 32. The cls output bias is calibrated (on a seeded

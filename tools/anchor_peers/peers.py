@@ -1,4 +1,5 @@
-"""The anchor-optimization peers of `reference/mmdet-inference.md` section 7, as functions
+"""The anchor-optimization peers (mmdet `optimize_anchors.py`, YOLOv5 AutoAnchor, darknet
+`calc_anchors`, martinzlocha/anchor-optimization), as functions
 over box sizes `wh` (float array `[N, 2]`, pixels in each peer's own input space).
 
 - `yolov5_kmean_anchors`: the real ultralytics/yolov5 `utils/autoanchor.py::kmean_anchors`

@@ -1,6 +1,7 @@
 """Side-by-side benchmark of anchorkit's anchor optimizers against the peers of
-`reference/mmdet-inference.md` section 7 on the same boxes (default: all 36,335 COCO val2017
-boxes), each peer scored by its own objective.
+mmdet `tools/analysis_tools/optimize_anchors.py`, YOLOv5 `utils/autoanchor.py`, darknet
+`calc_anchors` and martinzlocha/anchor-optimization on the same boxes (default: all 36,335
+COCO val2017 boxes), each peer scored by its own objective.
 
 Every peer gets the boxes in its own input space (mmdet: long side -> 608 per axis; YOLOv5:
 long side -> 640; darknet: stretch to 416x416; Zlocha: keras-retinanet 800/1333 keep-ratio and

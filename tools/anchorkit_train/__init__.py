@@ -1,6 +1,6 @@
 """anchorkit_train: train, evaluate and export compact dense detectors (ATSS, FreeAnchor,
 max-IoU RetinaNet, Pseudo-IoU, learned anchors) for anchorkit.
 
-Numerics follow `reference/mmdet-inference.md` (sections cited per function); upstream
-sources are the mmdetection files named there.
+Numerics follow mmdetection (2.28 / 3.3) and the method papers; each module and function
+names its upstream file.
 """

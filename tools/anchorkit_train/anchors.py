@@ -2,7 +2,7 @@
 
 Sources: mmdet `mmdet/core/anchor/anchor_generator.py` (v2) /
 `mmdet/models/task_modules/prior_generators/anchor_generator.py` (v3) and
-`mmdet/core/bbox/coder/delta_xywh_bbox_coder.py`; reference sections 2.1-2.3 and 3.
+`mmdet/core/bbox/coder/delta_xywh_bbox_coder.py`.
 All boxes are `(x1, y1, x2, y2)` in input pixels, float32.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: `|ln(16/1000)|`, the log-size clamp of `delta2bbox` (reference section 3, step 4).
+#: `|ln(16/1000)|`, the log-size clamp of `delta2bbox` (`delta2bbox`, `max_ratio`).
 MAX_RATIO = abs(math.log(16.0 / 1000.0))
 
 
@@ -25,7 +25,7 @@ def base_anchors(
 
     mmdet `AnchorGenerator.gen_single_level_base_anchors` with `scale_major=True`,
     `center_offset=0`: octave scales in float64, ratios as h/w, index `r * S + s`
-    (reference section 2.1).
+    (`anchor_generator.py`).
     """
     octave = np.array([2 ** (i / scales_per_octave) for i in range(scales_per_octave)])
     scales = torch.tensor(octave * octave_base_scale, dtype=torch.float32)
@@ -49,7 +49,7 @@ def explicit_base_anchors(wh: Tensor) -> Tensor:
 def grid_anchors(base: Tensor, stride: int, height: int, width: int) -> Tensor:
     """All anchors of one level, `[H*W*A, 4]`, flat index `(y*W + x)*A + a`.
 
-    Shifts are `(x*stride, y*stride)` (centre offset 0), reference section 2.2.
+    Shifts are `(x*stride, y*stride)` (centre offset 0), as `single_level_grid_priors`.
     """
     sx = torch.arange(width, dtype=torch.float32, device=base.device) * stride
     sy = torch.arange(height, dtype=torch.float32, device=base.device) * stride
@@ -62,7 +62,8 @@ def grid_anchors(base: Tensor, stride: int, height: int, width: int) -> Tensor:
 def grid_points(stride: int, height: int, width: int, offset: float = 0.5) -> Tensor:
     """Points `[H*W, 2]` at `((x + offset)*stride, (y + offset)*stride)`, index `y*W + x`.
 
-    With offset 0.5 and an even stride this equals Pseudo-IoU's `x*s + s//2` (section 6.3).
+    With offset 0.5 and an even stride this equals Pseudo-IoU's `x*s + s//2` (`piou_head.py`
+    `_get_points_single`).
     """
     sx = (torch.arange(width, dtype=torch.float32) + offset) * stride
     sy = (torch.arange(height, dtype=torch.float32) + offset) * stride
@@ -74,7 +75,7 @@ def bbox2delta(anchors: Tensor, gts: Tensor, stds: tuple[float, ...]) -> Tensor:
     """Encode `gts` `[N, 4]` against `anchors` `[N, 4]` to normalized deltas `[N, 4]`.
 
     mmdet `bbox2delta` with means 0: `dx = (gx-px)/pw/std0`, `dw = ln(gw/pw)/std2`
-    (reference section 3). Differentiable in both arguments.
+    (`delta_xywh_bbox_coder.py`). Differentiable in both arguments.
     """
     px = (anchors[:, 0] + anchors[:, 2]) * 0.5
     py = (anchors[:, 1] + anchors[:, 3]) * 0.5
@@ -99,7 +100,7 @@ def delta2bbox(
     """Decode raw deltas `[N, 4]` on `anchors` `[N, 4]` to boxes `[N, 4]` (mmdet `delta2bbox`).
 
     Denormalize by `stds`, clamp dw/dh to `+-MAX_RATIO`, `gw = pw*exp(dw)`; if `max_shape`
-    `(h, w)` is given clamp x to [0, w] and y to [0, h] (reference section 3).
+    `(h, w)` is given clamp x to [0, w] and y to [0, h] (`delta2bbox`).
     """
     d = deltas * deltas.new_tensor(stds)
     px = (anchors[:, 0] + anchors[:, 2]) * 0.5

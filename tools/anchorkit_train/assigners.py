@@ -1,6 +1,6 @@
 """Label assignment: ATSS, max-IoU (RetinaNet) and Pseudo-IoU (FCOS points).
 
-Exactly as `reference/mmdet-inference.md` section 6 describes; upstream files:
+Exactly as the upstream files do:
 mmdet `mmdet/core/bbox/assigners/atss_assigner.py`, `.../max_iou_assigner.py`, and
 SHI-Labs Pseudo-IoU `mmdet/models/dense_heads/piou_head.py`.
 All functions work on one image; `-1` / `0` conventions are documented per function.
@@ -19,7 +19,7 @@ INF = 1e8
 def atss_assign(
     anchors: Tensor, num_per_level: list[int], gts: Tensor, topk: int = 9
 ) -> tuple[Tensor, Tensor]:
-    """ATSS assignment (Zhang et al. 2020; mmdet `ATSSAssigner`, reference section 6.2).
+    """ATSS assignment (Zhang et al. 2020; mmdet `ATSSAssigner.assign`).
 
     Args:
         anchors: `[N, 4]` all levels concatenated. num_per_level: anchors per level.
@@ -78,7 +78,7 @@ def max_iou_assign(
     anchors: Tensor, gts: Tensor, pos_iou_thr: float = 0.5, neg_iou_thr: float = 0.4
 ) -> Tensor:
     """RetinaNet max-IoU assignment (mmdet `MaxIoUAssigner`, min_pos_iou=0,
-    gt_max_assign_all=True, match_low_quality=True; RetinaNet config of section 1.1).
+    gt_max_assign_all=True, match_low_quality=True; mmdet `retinanet_r50_fpn.py`).
 
     Returns `[N]` long: gt index >= 0 for positives, -1 background, -2 ignored
     (neg_iou_thr <= IoU < pos_iou_thr). Each gt also takes every anchor whose IoU equals
@@ -104,7 +104,7 @@ def max_iou_assign(
 def pseudo_iou(ltrb: Tensor) -> Tensor:
     """Pseudo-IoU of point targets `ltrb` `[..., 4]` (l, t, r, b distances to the gt sides).
 
-    IoU between the gt and a same-size box centred at the point (Li et al. 2021, section 6.3):
+    IoU between the gt and a same-size box centred at the point (Li et al. 2021, `piou_head.py`):
     `inter = (min(l, w/2) + min(r, w/2)) * (min(t, h/2) + min(b, h/2))`,
     `PIoU = inter / (2*w*h - inter)` with `w = l + r`, `h = t + b`.
     """
@@ -124,7 +124,7 @@ def piou_assign(
     regress_ranges: list[tuple[float, float]],
     piou_thr: float = 0.4,
 ) -> tuple[Tensor, Tensor]:
-    """FCOS candidates filtered by Pseudo-IoU (PIOUHead `_get_target_single`, section 6.3).
+    """FCOS candidates filtered by Pseudo-IoU (PIOUHead `_get_target_single`).
 
     Args:
         points: `[N, 2]`; level_of_point: `[N]` level index; gts: `[G, 4]`;

@@ -1,7 +1,7 @@
 """Datasets (VOC XML, COCO JSON) and training augmentation.
 
 Test-time preprocessing is the project's reference (`tools/reference/preprocess.py`,
-`reference/mmdet-inference.md` section 1.3); training uses the same keep-ratio factor
+mmdet `Resize` / `Normalize` / `Pad`); training uses the same keep-ratio factor
 (`keep_ratio_size`), RGB order, mean/std normalisation and zero padding.
 """
 

@@ -32,7 +32,7 @@ def detect_all(
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Run `infer` (`[1, 3, H, W]` float32 -> outputs by name) on every record with the
     project's reference pipeline (`tools/reference`: spec preprocessing, mmdet >= 2.18
-    post-processing, mmcv NMS; `reference/mmdet-inference.md` sections 1.3 and 4).
+    post-processing, mmcv NMS).
     Returns per image `(boxes [n, 4] original pixels, scores [n], labels [n])`."""
     parsed = parse_spec(spec, "training spec")
     out = []

@@ -3,9 +3,9 @@ onnxruntime against torch on real images.
 
 Graph: input `input` `[N, 3, H, W]` (normalized RGB, H and W multiples of 32, dynamic),
 outputs raw per-level head tensors `cls_p3..p5` `[N, A*C, h, w]`, `reg_p3..p5` `[N, A*4, h, w]`
-and, for ATSS / FCOS heads, `ctr_p3..p5` `[N, A, h, w]` logits (reference section 5.2,
-option A), opset 17. The spec JSON (`src/spec.rs`) is stored in `metadata_props` under
-`anchorkit.detector`.
+and, for ATSS / FCOS heads, `ctr_p3..p5` `[N, A, h, w]` logits: the graph is
+`bbox_head(extract_feat(x))` with named outputs and no post-processing, opset 17. The spec
+JSON (`src/spec.rs`) is stored in `metadata_props` under `anchorkit.detector`.
 
 CLI (repo root):
     tools/.venv/bin/python -m tools.anchorkit_train.export \

@@ -1,7 +1,7 @@
-"""Training losses per method (reference section 6; mmdet heads named per function).
+"""Training losses per method (mmdet heads named per function).
 
 Model outputs are per-level lists of raw NCHW tensors; `flatten_levels` turns them into
-`[B, N, K]` rows in mmdet's `(y*W + x)*A + a` order (reference section 2.3).
+`[B, N, K]` rows in mmdet's `(y*W + x)*A + a` order (`single_level_grid_priors`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def smooth_l1(diff: Tensor, beta: float) -> Tensor:
 
 def centerness_target(centers: Tensor, gts: Tensor) -> Tensor:
     """`sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b))` of centres `[N, 2]` vs boxes `[N, 4]`
-    (mmdet `ATSSHead.centerness_target`, section 6.2)."""
+    (mmdet `ATSSHead.centerness_target`)."""
     l_ = centers[:, 0] - gts[:, 0]
     t_ = centers[:, 1] - gts[:, 1]
     r_ = gts[:, 2] - centers[:, 0]
@@ -81,7 +81,8 @@ def centerness_target(centers: Tensor, gts: Tensor) -> Tensor:
 
 
 def positive_bag_loss(matched_prob: Tensor, alpha: float = 0.5) -> Tensor:
-    """FreeAnchor mean-max bag loss per object (section 6.1 step 5): `[G, K]` -> `[G]`.
+    """FreeAnchor mean-max bag loss per object (`FreeAnchorRetinaHead.positive_bag_loss`):
+    `[G, K]` -> `[G]`.
 
     `w = 1/clamp(1-p, 1e-12)`, normalised over the bag, `bag = sum(w*p)`,
     `alpha * BCE(bag, 1)` (torch BCE clamps log at -100).
@@ -97,7 +98,7 @@ def positive_bag_loss(matched_prob: Tensor, alpha: float = 0.5) -> Tensor:
 def negative_bag_loss(
     cls_prob: Tensor, box_prob: Tensor, alpha: float = 0.5, gamma: float = 2.0
 ) -> Tensor:
-    """FreeAnchor negative term (section 6.1 step 6), summed:
+    """FreeAnchor negative term (`FreeAnchorRetinaHead.negative_bag_loss`), summed:
     `q = clamp(cls*(1-box), 1e-12, 1-1e-12)`, `(1-alpha) * q^gamma * BCE(q, 0)`."""
     q = (cls_prob * (1 - box_prob)).clamp(min=EPS, max=1 - EPS)
     return (1 - alpha) * (
@@ -117,7 +118,7 @@ def freeanchor_loss(
     gamma: float = 2.0,
     stds: tuple[float, ...] = FREEANCHOR_STDS,
 ) -> dict[str, Tensor]:
-    """FreeAnchor loss (Zhang et al. 2019; mmdet `FreeAnchorRetinaHead.loss`, section 6.1).
+    """FreeAnchor loss (Zhang et al. 2019; mmdet `FreeAnchorRetinaHead.loss`).
 
     Args: `cls_logits` `[B, N, C]`, `reg` `[B, N, 4]` raw deltas, `anchors` `[N, 4]` (may
     carry gradient for learned anchors), per-image gts `[G, 4]` and labels `[G]`.
@@ -178,7 +179,7 @@ def atss_loss(
     labels: list[Tensor],
     stds: tuple[float, ...] = ATSS_STDS,
 ) -> dict[str, Tensor]:
-    """ATSS losses (mmdet `ATSSHead.loss`, section 6.2): focal (alpha .25, gamma 2) / num_pos,
+    """ATSS losses (mmdet `ATSSHead.loss`): focal (alpha .25, gamma 2) / num_pos,
     GIoU (weight 2.0) on decoded boxes weighted by the centerness target / sum(targets),
     centerness BCE / num_pos. `cls_logits` `[B, N, C]`, `reg` `[B, N, 4]`, `ctr` `[B, N]`."""
     bsz = cls_logits.shape[0]
@@ -264,7 +265,7 @@ def piou_loss(
     labels: list[Tensor],
     regress_ranges: list[tuple[float, float]],
 ) -> dict[str, Tensor]:
-    """Pseudo-IoU FCOS losses (PIOUHead, section 6.3): focal / num_pos, GIoU (weight 1.0)
+    """Pseudo-IoU FCOS losses (PIOUHead `loss`): focal / num_pos, GIoU (weight 1.0)
     weighted by centerness targets, centerness BCE / num_pos. `reg` holds distances in
     stride units (ReLU applied in the head, `norm_on_bbox`)."""
     bsz = cls_logits.shape[0]

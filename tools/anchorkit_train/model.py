@@ -1,10 +1,11 @@
 """Compact from-scratch detector: residual backbone (C3..C5, strides 8/16/32), FPN (P3..P5)
 and dense heads (RetinaNet-style anchor head, ATSS head, FCOS-style point head).
 
-Head numerics follow mmdet `retina_head.py`, `atss_head.py` and `fcos_head.py`
-(reference sections 1.1, 1.2, 5.2): cls bias initialised to prior 0.01, ATSS `Scale` per
-level on the regression, centerness logits on the regression tower. Outputs are raw
-per-level NCHW tensors: cls `[N, A*C, H, W]`, reg `[N, A*4, H, W]`, ctr `[N, A, H, W]`.
+Head numerics follow mmdet `retina_head.py`, `atss_head.py` and `fcos_head.py` and the
+configs `retinanet_r50_fpn.py` / `atss_r50_fpn_1x_coco.py`: cls bias initialised to prior
+0.01, ATSS `Scale` per level on the regression, centerness logits on the regression tower.
+Outputs are raw per-level NCHW tensors: cls `[N, A*C, H, W]`, reg `[N, A*4, H, W]`,
+ctr `[N, A, H, W]`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prior (anchor / point) providers, one per spec `PriorSpec` variant (see `src/spec.rs`).
 
-- `AnchorPriors`: mmdet `AnchorGenerator` (reference section 2) -> `{"type": "anchors"}`.
+- `AnchorPriors`: mmdet `AnchorGenerator` (`anchor_generator.py`) -> `{"type": "anchors"}`.
 - `ExplicitAnchorPriors`: fixed per-level (w, h) shapes (e.g. from `anchorkit anchors
   --write-spec`) placed like mmdet `AnchorGenerator` (centre offset 0) -> `{"type":
   "explicit_anchors"}`.

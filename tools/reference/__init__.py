@@ -1,8 +1,8 @@
 """Plain numpy + onnxruntime re-implementation of the anchorkit detect pipeline.
 
 This package is the test oracle of the Rust crate: every stage is written directly from
-`reference/mmdet-inference.md` (mmdetection 2.28 / 3.3, mmcv 1.7 / 2.1, mmdeploy) and
-`reference/nanodet-m.md`, favouring obviousness over speed.
+the upstream sources each module names (mmdetection 2.28 / 3.3, mmcv 1.7 / 2.1, mmdeploy,
+onnxruntime, NanoDet), favouring obviousness over speed.
 
 Modules:
 - `spec`: the `anchorkit.detector/1` spec (ONNX metadata key `anchorkit.detector` or sidecar JSON).

@@ -1,4 +1,5 @@
-"""Box coders, float32, each step a separate elementwise op as in mmdet (reference section 3).
+"""Box coders, float32, each step a separate elementwise op as in mmdet
+(`mmdet/core/bbox/coder/delta_xywh_bbox_coder.py`, `mmdet/core/bbox/transforms.py`).
 
 - `delta2bbox`: `mmdet/core/bbox/coder/delta_xywh_bbox_coder.py` (`delta2bbox`);
 - `distance2bbox`: `mmdet/core/bbox/transforms.py` (`distance2bbox`);

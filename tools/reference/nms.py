@@ -1,4 +1,4 @@
-"""NMS as mmcv and onnxruntime do it (reference sections 4.2 and 5.1).
+"""NMS as mmcv and onnxruntime do it.
 
 - `batched_nms_mmcv`: `mmcv/ops/nms.py` `batched_nms` (class-aware via the offset trick in
   float32) + the CPU kernel `mmcv/ops/csrc/pytorch/cpu/nms.cpp` (areas on the offset boxes,

@@ -1,4 +1,5 @@
-"""Post-processing rules, per image (reference sections 4.1, 4.3, 5.1 and Appendix A).
+"""Post-processing rules, per image (mmdet `base_dense_head.py`, mmdet 2.17 `anchor_head.py` and
+`bbox_nms.py`, mmdeploy `codebase/mmdet/models/dense_heads/base_dense_head.py`).
 
 - `mmdet` (mmdet >= 2.18 and 3.x, `BaseDenseHead._predict_by_feat_single` +
   `filter_scores_and_topk` + `_bbox_post_process`): pair-wise strict `score > score_thr`, per
@@ -86,7 +87,7 @@ def _rows_flat(t: npt.NDArray[np.float32], name: str) -> Arr:
 def flatten_levels(
     spec: DetectorSpec, outputs: dict[str, npt.NDArray[np.float32]], meta: ImageMeta
 ) -> list[LevelRows]:
-    """Slices image 0 of every level's outputs into rows (reference section 2.3)."""
+    """Slices image 0 of every level's outputs into rows (mmdet prior order `(y*W + x)*A + a`)."""
     head = spec.head
     a = head.priors.num_anchors()
     c = len(spec.classes)
@@ -298,7 +299,7 @@ def postprocess_mmdeploy(
 def postprocess_legacy(
     spec: DetectorSpec, levels: list[LevelRows], meta: ImageMeta
 ) -> Detections:
-    """The mmdet <= 2.17 rule (reference section 4.3; see the module docstring)."""
+    """The mmdet <= 2.17 rule (see the module docstring)."""
     pp = spec.postprocess
     all_boxes, all_scores, all_ctr = [], [], []
     for li, lv in enumerate(levels):

@@ -1,4 +1,7 @@
-"""Decode, resize, normalize and pad, as mmdet's test pipeline does (reference section 1.3).
+"""Decode, resize, normalize and pad, as mmdet's test pipeline does.
+
+Sources: mmdet `mmdet/datasets/pipelines/transforms.py` (v2 `Resize`, `Normalize`, `Pad`),
+mmcv `mmcv/image/geometric.py` and `mmcv/image/photometric.py`.
 
 - decode: `cv2.imdecode(IMREAD_COLOR)` (BGR u8; OpenCV >= 4 applies the EXIF orientation, as
   mmcv's `imfrombytes(flag='color')` does; `IMREAD_IGNORE_ORIENTATION` turns it off);

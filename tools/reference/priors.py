@@ -1,4 +1,4 @@
-"""Priors: mmdet `AnchorGenerator` anchors (reference section 2), explicit anchors and points.
+"""Priors: mmdet `AnchorGenerator` anchors (`anchor_generator.py`), explicit anchors and points.
 
 All arithmetic is float32 with the same operation order as mmdet
 (`mmdet/core/anchor/anchor_generator.py`: `gen_single_level_base_anchors`, `_meshgrid`,

@@ -1,4 +1,4 @@
-"""Assigners on hand-built boxes with known answers (reference section 6.2 / 6.3, mmdet
+"""Assigners on hand-built boxes with known answers (mmdet
 `atss_assigner.py`, `max_iou_assigner.py`, PIOUHead)."""
 
 from __future__ import annotations
