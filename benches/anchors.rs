@@ -1,7 +1,7 @@
 //! Anchor optimizer timings on all 36,335 COCO val2017 boxes (`../shared`), mapped with the
 //! mmdet keep-ratio 1333x800 rule. Targets (2 cores): IoU k-means k = 9 <= 0.5 s,
 //! 1000-generation evolution <= 2 s, differential evolution <= 10 s.
-//! Run: `CARGO_TARGET_DIR=/work/target-release cargo bench --bench anchors`.
+//! Run: `cargo bench --bench anchors`.
 
 use anchorkit::anchor_opt::de::{DeConfig, de};
 use anchorkit::anchor_opt::evolve::{EvolveConfig, evolve};

@@ -2,7 +2,7 @@
 //! its class, IoU 0.5, max_per_img 100), single thread. Target <= 0.5 ms for the fast NMS.
 //! The mmcv-exact reference is timed for comparison. Seed 20261122.
 //!
-//! Run: `CARGO_TARGET_DIR=/work/target-release cargo bench --bench nms`
+//! Run: `cargo bench --bench nms`
 
 use anchorkit::nms::{batched_nms_fast, batched_nms_mmcv};
 use criterion::{Criterion, criterion_group, criterion_main};

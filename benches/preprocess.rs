@@ -9,7 +9,7 @@
 //! JPEG decoding uses libjpeg-turbo when it loads (`preprocess::libjpeg`, OpenCV-exact); the
 //! `decode_only_zune_*` lines time the image crate's pure-Rust decoder on the same bytes.
 //!
-//! Run: `CARGO_TARGET_DIR=/work/target-release cargo bench --bench preprocess`
+//! Run: `cargo bench --bench preprocess`
 
 use anchorkit::preprocess::{Preprocessor, decode_image};
 use anchorkit::spec::ResizeBackend;

@@ -199,7 +199,7 @@ fn readme_command_runs_with_the_default_model() {
         "{}",
         stderr(&o)
     );
-    // What the issue asks of the default command on this photo: its white cell, its platelets
+    // What the default command must find on this photo: its white cell, its platelets
     // (seven small purple dots, hand-located at these centres in original pixels) and most of
     // its red cells (about 90 are fully or mostly inside the frame).
     let dir = tempfile::tempdir().unwrap();
