@@ -18,8 +18,8 @@
 //!   the other; see `END_TO_END_*` for the bounds and the measured values.
 //! * COCO AP of the Rust JSONL on all 198 images of `../shared/data/coco-val2017` (via
 //!   `tools/reference/coco_ap.py`): within 0.005 of 0.194 (320) and 0.189 (416); measured
-//!   0.1949 and 0.1892 (the Python pipeline alone: 0.1949 and 0.1889; with the earlier
-//!   fast_image_resize kernel Rust gave 0.1939 and 0.1902).
+//!   0.1949 and 0.1892 (the Python pipeline alone: 0.1949 and 0.1889; with the
+//!   `fast_image_resize` backend Rust gave 0.1939 and 0.1902).
 //!
 //! Every test prints `SKIP ...` and passes when `../shared` or `tools/.venv` is absent (fails
 //! instead under `CI=true`, see `tests/common`).

@@ -1,7 +1,7 @@
 //! Pascal VOC XML ground truth converted to a COCO ground truth in memory, for `anchorkit eval`.
 //!
-//! (A small private reader: `src/dataset/voc.rs`, written in parallel for the anchor optimizer,
-//! drops difficult and degenerate boxes and clips, which suits box statistics but not scoring.)
+//! (`src/dataset/voc.rs`, the reader of the anchor optimizer, drops difficult and degenerate
+//! boxes and clips, which suits box statistics but not scoring.)
 //!
 //! Conversion rule:
 //! - images: the ids of the split file (first token per line; `ImageSets/Main/<split>.txt`), or
