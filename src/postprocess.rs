@@ -42,8 +42,12 @@ pub const MMDEPLOY_MAX_PER_CLASS: usize = 200;
 /// One detection in ORIGINAL image pixels, xyxy, no +1 (mmdet v2/v3 convention).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Detection {
+    /// `[x1, y1, x2, y2]` in pixels of the original (EXIF-oriented) image.
     pub bbox: [f32; 4],
+    /// Class probability (above the spec's `score_thr`), times the sigmoid centerness for heads
+    /// that have one (ATSS, FCOS), as mmdet ranks them.
     pub score: f32,
+    /// Index into the spec's `classes`.
     pub class_id: usize,
 }
 

@@ -109,7 +109,7 @@ fn voc_bccd_file_and_split() {
     assert_eq!(te.images.len(), 72);
     let all = dataset::load(&root, None, &ReadOptions::default()).unwrap();
     assert_eq!(all.images.len(), 364);
-    // 4888 boxes in the dataset (README); degenerate ones are counted, not lost
+    // BCCD's annotations hold 4888 boxes; degenerate ones are counted, not lost
     assert_eq!(all.num_boxes() + all.dropped.dropped(), 4888);
 }
 
