@@ -18,6 +18,7 @@ pub mod output;
 pub mod postprocess;
 pub mod preprocess;
 pub mod runtime;
+pub mod simd;
 pub mod spec;
 
 pub use detector::Detector;

@@ -17,6 +17,7 @@
 
 use super::kmeans::{canonical, sub_seed};
 use super::objective::{ShapeProblem, lane_sum};
+use crate::simd::avx2_or_portable;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr_free::normal;
@@ -104,23 +105,11 @@ struct Points {
     y: Vec<f32>,
 }
 
-/// Squared distance to the nearest centre and its index for every point (dense: centres in the
-/// outer loop, points in the vectorized inner one; AVX2 when present). Ties go to the first
-/// centre, as scipy's `vq`.
-fn nearest(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { nearest_avx2(pts, c, bd, bk) };
-        return;
-    }
-    nearest_body(pts, c, bd, bk)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn nearest_avx2(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) {
-    nearest_body(pts, c, bd, bk)
+avx2_or_portable! {
+    /// Squared distance to the nearest centre and its index for every point (dense: centres in
+    /// the outer loop, points in the vectorized inner one; AVX2 when present). Ties go to the
+    /// first centre, as scipy's `vq`.
+    fn nearest(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) => nearest_body
 }
 
 #[inline(always)]

@@ -84,8 +84,8 @@ pub fn raw_threshold(act: ScoreActivation, score_thr: f32) -> f32 {
 #[inline]
 pub fn scan_above(buf: &[f32], t: f32, mut f: impl FnMut(usize, f32)) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
+    if crate::simd::avx2() {
+        // SAFETY: the CPU supports AVX2 (`simd::avx2` checked it).
         unsafe { scan_above_avx2(buf, t, &mut f) };
         return;
     }
