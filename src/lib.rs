@@ -17,6 +17,7 @@ pub mod nms;
 pub mod output;
 pub mod postprocess;
 pub mod preprocess;
+pub mod progress;
 pub mod runtime;
 pub mod simd;
 pub mod spec;

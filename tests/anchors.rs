@@ -10,10 +10,13 @@ use anchorkit::anchor_opt::kmeans::{KmeansConfig, kmeans};
 use anchorkit::anchor_opt::objective::ShapeProblem;
 use anchorkit::dataset::mapping::Geometry;
 use anchorkit::dataset::{self, Format, InputBoxes, MappedImage, ReadOptions, Resize};
+use anchorkit::progress::{Progress, ProgressSink, Task};
 use anchorkit::spec::{PriorSpec, ResizeRule};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 mod common;
 use common::shared;
@@ -740,33 +743,45 @@ fn bccd_mapping_and_eval_runs() {
 
 // ---------------------------------------------------------------- evolve / de / learned / mmdet
 
+/// A progress report that adds up the steps of all its tasks.
+struct CountSteps(Arc<AtomicU64>);
+
+impl Progress for CountSteps {
+    fn task(&self, _label: &str, _len: u64) -> Box<dyn Task> {
+        Box::new(CountSteps(self.0.clone()))
+    }
+}
+
+impl Task for CountSteps {
+    fn inc(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn evolve_recovers_synthetic_clusters() {
     use anchorkit::anchor_opt::evolve::{EvolveConfig, evolve};
     let truth = [[10.0, 30.0], [45.0, 40.0], [120.0, 60.0]];
     let (w, h) = clusters(&truth, 400, 0.03, 5);
     let p = ShapeProblem::new(w, h, None);
-    let r = evolve(
-        &p,
-        &EvolveConfig {
-            k: 3,
-            seed: 1,
-            ..Default::default()
-        },
-    );
+    let cfg = EvolveConfig {
+        k: 3,
+        seed: 1,
+        ..Default::default()
+    };
+    let r = evolve(&p, &cfg);
     assert_recovers(&r.shapes, &truth, 0.05);
     assert!(r.fitness >= r.fitness_kmeans);
     assert!(r.fitness > 0.95, "{}", r.fitness);
     assert_eq!(r.bpr, 1.0);
-    let r2 = evolve(
-        &p,
-        &EvolveConfig {
-            k: 3,
-            seed: 1,
-            ..Default::default()
-        },
-    );
-    assert_eq!(r.shapes, r2.shapes);
+    // deterministic for a seed, and every generation is reported to the progress sink
+    let steps = Arc::new(AtomicU64::new(0));
+    let counted = EvolveConfig {
+        progress: ProgressSink::new(CountSteps(steps.clone())),
+        ..cfg.clone()
+    };
+    assert_eq!(r.shapes, evolve(&p, &counted).shapes);
+    assert_eq!(steps.load(Ordering::Relaxed), cfg.generations as u64);
 }
 
 #[test]

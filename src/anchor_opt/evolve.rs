@@ -17,6 +17,7 @@
 
 use super::kmeans::{canonical, sub_seed};
 use super::objective::{ShapeProblem, lane_sum};
+use crate::progress::ProgressSink;
 use crate::simd::avx2_or_portable;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -42,7 +43,7 @@ pub struct EvolveConfig {
     pub min_side: f32,
     /// Fpn seeding scale (see [`super::kmeans::KmeansConfig::ref_scale`]).
     pub ref_scale: f32,
-    pub progress: bool,
+    pub progress: ProgressSink,
     /// After the generations, a pattern search on `ln w`, `ln h` of every anchor (monotone:
     /// only improving moves are taken), not part of YOLOv5.
     pub polish: bool,
@@ -60,7 +61,7 @@ impl Default for EvolveConfig {
             seed: 0,
             min_side: 2.0,
             ref_scale: 4.0 * std::f32::consts::SQRT_2,
-            progress: false,
+            progress: ProgressSink::silent(),
             polish: true,
         }
     }
@@ -326,7 +327,9 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
             })
             .collect()
     };
-    let bar = super::run::progress_bar(cfg.generations as u64, "evolving anchors", cfg.progress);
+    let bar = cfg
+        .progress
+        .task("evolving anchors", cfg.generations as u64);
     let batch = rayon::current_num_threads().clamp(1, 16);
     let mut accepted = 0;
     let mut g = 0;
@@ -354,7 +357,7 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         g += done;
         bar.inc(done as u64);
     }
-    bar.finish_and_clear();
+    bar.finish();
     tracing::debug!(
         "evolve: {} generations ({accepted} accepted) {:.2} ms",
         cfg.generations,

@@ -12,6 +12,7 @@ use super::mmdet_cfg::MmdetAnchorGenerator;
 use super::objective::{ShapeProblem, ShapeScores};
 use crate::dataset::InputBoxes;
 use crate::error::{Error, Result};
+use crate::progress::ProgressSink;
 use crate::spec::PriorSpec;
 use serde::Serialize;
 use std::time::Instant;
@@ -69,8 +70,8 @@ pub struct OptimizeOptions {
     pub polish: bool,
     /// Generations (evolve) / max generations (de) / iterations (learned); 0 = method default.
     pub iterations: usize,
-    /// Show progress bars.
-    pub progress: bool,
+    /// Where the optimizers report their progress (silent by default).
+    pub progress: ProgressSink,
     /// Initialization of the learned method.
     pub init: LearnedInit,
 }
@@ -111,21 +112,6 @@ pub fn explicit_prior(shapes: &[[f64; 2]], layout: Layout, strides: &[u32]) -> R
         per_level: AnchorSet::layout_shapes(shapes, layout, strides)?,
         center_offset: 0.5,
     })
-}
-
-/// A progress bar on stderr (hidden when `show` is false or stderr is not a terminal).
-pub fn progress_bar(len: u64, msg: &str, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(len);
-    if let Ok(st) = indicatif::ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
-    ) {
-        b.set_style(st.progress_chars("=> "));
-    }
-    b.set_prefix(msg.to_string());
-    b
 }
 
 fn to_f64(s: &[[f32; 2]]) -> Vec<[f64; 2]> {
@@ -185,7 +171,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 generations: iters(1000),
                 seed: o.seed,
                 min_side,
-                progress: o.progress,
+                progress: o.progress.clone(),
                 polish: o.polish,
                 ..EvolveConfig::default()
             };
@@ -227,7 +213,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 scales: ns,
                 max_generations: iters(1000),
                 seed: o.seed,
-                progress: o.progress,
+                progress: o.progress.clone(),
                 polish: o.polish,
                 ..DeConfig::default()
             };
@@ -254,7 +240,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 init: o.init,
                 iterations: iters(600),
                 seed: o.seed,
-                progress: o.progress,
+                progress: o.progress.clone(),
                 ..LearnedConfig::default()
             };
             let r = learned(&p, &cfg);
