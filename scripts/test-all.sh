@@ -21,6 +21,8 @@ export PATH="$PWD/tools/.venv/bin:$PATH"
 if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+# the library without the `cli` feature (no clap, indicatif): a check, reusing clippy's metadata
+cargo clippy --lib --no-default-features --quiet -- -D warnings
 # lib, bin, integration and doc tests (benches are compiled by clippy above and run with `cargo bench`)
 cargo test
 # The portable kernels, as aarch64 devices (Jetson, Raspberry Pi) run them: every SIMD dispatch

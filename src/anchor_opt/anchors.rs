@@ -24,7 +24,8 @@ pub struct AnchorSet {
 }
 
 /// How optimized shapes become per-level anchors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// The same A = k shapes on every level, in units of the level's stride (anchor = stride x

@@ -24,7 +24,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 /// Zlocha objective.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DeObjective {
     Focal,

@@ -27,7 +27,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 /// Initialization of the learned shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum LearnedInit {
     Identical,

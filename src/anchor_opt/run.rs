@@ -18,7 +18,8 @@ use serde::Serialize;
 use std::time::Instant;
 
 /// Optimization method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// IoU k-means (k-means++, restarts, IoU-ascent polish).
@@ -32,7 +33,8 @@ pub enum Method {
 }
 
 /// Which assigner the report leads with (and which default anchors it compares against).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Assigner {
     /// ATSS (default anchors: one 8*stride square).

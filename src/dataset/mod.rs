@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 pub use mapping::{InputBoxes, MappedImage, Resize};
 
 /// Annotation file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// COCO `instances_*.json` (bbox = `[x, y, w, h]`).
