@@ -30,6 +30,22 @@ fn line_of_err(e: &Error) -> (PathBuf, Option<usize>, String) {
 
 // ---------------------------------------------------------------- readers
 
+/// Reader options selecting the VOC split `name`.
+fn split(name: &str) -> ReadOptions {
+    ReadOptions {
+        split: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+/// Reader options taking every image as `w x h` (`--orig-size`).
+fn sized(w: u32, h: u32) -> ReadOptions {
+    ReadOptions {
+        assume_size: Some((w, h)),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn coco_subset_matches_python_counts() {
     let Some(p) = shared("data/coco-val2017/instances_subset.json") else {
@@ -90,25 +106,9 @@ fn voc_bccd_file_and_split() {
     assert_eq!(im.boxes.len(), 20);
     assert_eq!(one.classes[im.boxes[0].class_id], "WBC");
     assert_eq!(im.boxes[0].bbox, [260.0, 177.0, 491.0, 376.0]);
-    let tv = dataset::load(
-        &root,
-        Some(Format::Voc),
-        &ReadOptions {
-            split: Some("trainval".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let tv = dataset::load(&root, Some(Format::Voc), &split("trainval")).unwrap();
     assert_eq!(tv.images.len(), 292);
-    let te = dataset::load(
-        &root,
-        None,
-        &ReadOptions {
-            split: Some("test".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let te = dataset::load(&root, None, &split("test")).unwrap();
     assert_eq!(te.images.len(), 72);
     let all = dataset::load(&root, None, &ReadOptions::default()).unwrap();
     assert_eq!(all.images.len(), 364);
@@ -134,15 +134,7 @@ fn list_voc2007_reader() {
     assert_eq!(ds.classes[im.boxes[1].class_id], "person");
     assert_eq!(ds.warnings.len(), 1);
     // with --orig-size the size is taken as given
-    let ds2 = dataset::load(
-        &p,
-        None,
-        &ReadOptions {
-            assume_size: Some((500, 500)),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let ds2 = dataset::load(&p, None, &sized(500, 500)).unwrap();
     assert!(ds2.images[0].size_known && ds2.images[0].size == (500, 500));
 }
 
@@ -225,15 +217,7 @@ fn malformed_files_name_file_and_line() {
     std::fs::create_dir_all(&yd).unwrap();
     let yl = yd.join("img.txt");
     std::fs::write(&yl, "0 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1\n").unwrap();
-    let e = dataset::load(
-        &yd,
-        Some(Format::Yolo),
-        &ReadOptions {
-            assume_size: Some((100, 100)),
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
+    let e = dataset::load(&yd, Some(Format::Yolo), &sized(100, 100)).unwrap_err();
     let (p, l, _) = line_of_err(&e);
     assert_eq!((p, l), (yl.clone(), Some(2)));
     // YOLO without an image or --orig-size: names the label file
@@ -254,15 +238,7 @@ fn degenerate_boxes_are_counted_and_dropped() {
         "a.jpg 1,2,30,40,0 5,5,5,9,0 9,9,3,3,0 200,200,250,250,0 90,90,120,95,0\n",
     )
     .unwrap();
-    let ds = dataset::load(
-        &t,
-        None,
-        &ReadOptions {
-            assume_size: Some((100, 100)),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let ds = dataset::load(&t, None, &sized(100, 100)).unwrap();
     assert_eq!(ds.images[0].boxes.len(), 2);
     assert_eq!(ds.dropped.degenerate, 2);
     assert_eq!(ds.dropped.outside, 1);
@@ -348,27 +324,17 @@ fn kmeans_recovers_synthetic_clusters() {
     let truth = [[12.0, 30.0], [40.0, 40.0], [90.0, 35.0], [160.0, 240.0]];
     let (w, h) = clusters(&truth, 500, 0.04, 7);
     let p = ShapeProblem::new(w, h, None);
-    let r = kmeans(
-        &p,
-        &KmeansConfig {
-            k: 4,
-            seed: 3,
-            ..Default::default()
-        },
-    );
+    let cfg = KmeansConfig {
+        k: 4,
+        seed: 3,
+        ..Default::default()
+    };
+    let r = kmeans(&p, &cfg);
     assert_recovers(&r.shapes, &truth, 0.02);
     assert!(r.mean_iou > 0.95, "{}", r.mean_iou);
     assert!(r.mean_iou >= r.mean_iou_lloyd);
     // deterministic for a seed
-    let r2 = kmeans(
-        &p,
-        &KmeansConfig {
-            k: 4,
-            seed: 3,
-            ..Default::default()
-        },
-    );
-    assert_eq!(r.shapes, r2.shapes);
+    assert_eq!(r.shapes, kmeans(&p, &cfg).shapes);
 }
 
 #[test]
@@ -722,15 +688,7 @@ fn bccd_mapping_and_eval_runs() {
     let Some(root) = shared("data/bccd/BCCD") else {
         return;
     };
-    let ds = dataset::load(
-        &root,
-        None,
-        &ReadOptions {
-            split: Some("test".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let ds = dataset::load(&root, None, &split("test")).unwrap();
     let (input, dropped) = InputBoxes::map(&ds, &Resize::default());
     assert_eq!(dropped, 0);
     assert_eq!(input.images[0].geometry.padded, (1088, 800));

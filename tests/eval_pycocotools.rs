@@ -29,13 +29,7 @@ fn pycocotools(py: &Path, gt: &Path, res: &Path) -> serde_json::Value {
         .arg(root().join("tools/coco_eval_ref.py"))
         .arg(gt)
         .arg(res)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "pycocotools failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok();
     serde_json::from_slice(&out.stdout).expect("reference JSON")
 }
 

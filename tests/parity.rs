@@ -29,6 +29,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 mod common;
+use common::RunOk;
 
 /// Maximum box coordinate difference (pixels of the original image) with identical input.
 const BOX_TOL: f64 = 1e-3;
@@ -190,6 +191,26 @@ fn run(mut cmd: Command, what: &str) {
     );
 }
 
+/// Adds to a detect command (Rust or Python) `--model`, `--spec`, the tensor option
+/// `flag DIR` when given, `--jsonl` and the images; runs it in the repository root.
+fn detect_args(
+    cmd: &mut Command,
+    model: &Path,
+    spec: Option<&Path>,
+    tensors: Option<(&str, &Path)>,
+    jsonl: &Path,
+    images: &[PathBuf],
+) {
+    cmd.current_dir(root()).arg("--model").arg(model);
+    if let Some(s) = spec {
+        cmd.arg("--spec").arg(s);
+    }
+    if let Some((flag, d)) = tensors {
+        cmd.arg(flag).arg(d);
+    }
+    cmd.arg("--jsonl").arg(jsonl).args(images);
+}
+
 /// `anchorkit detect` on `images`, optionally dumping its network inputs.
 fn rust_detect(
     model: &Path,
@@ -199,17 +220,9 @@ fn rust_detect(
     dump: Option<&Path>,
 ) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_anchorkit"));
-    cmd.current_dir(root())
-        .arg("detect")
-        .arg("--model")
-        .arg(model);
-    if let Some(s) = spec {
-        cmd.arg("--spec").arg(s);
-    }
-    if let Some(d) = dump {
-        cmd.arg("--dump-input").arg(d);
-    }
-    cmd.arg("--jsonl").arg(jsonl).args(images);
+    cmd.arg("detect");
+    let dump = dump.map(|d| ("--dump-input", d));
+    detect_args(&mut cmd, model, spec, dump, jsonl, images);
     if std::env::var_os("ORT_DYLIB_PATH").is_none()
         && let Some(lib) = venv_ort_lib()
     {
@@ -227,16 +240,9 @@ fn py_detect(
     input_from: Option<&Path>,
 ) {
     let mut cmd = Command::new(python());
-    cmd.current_dir(root())
-        .args(["-m", "tools.reference.detect", "--model"])
-        .arg(model);
-    if let Some(s) = spec {
-        cmd.arg("--spec").arg(s);
-    }
-    if let Some(d) = input_from {
-        cmd.arg("--input-from").arg(d);
-    }
-    cmd.arg("--jsonl").arg(jsonl).args(images);
+    cmd.args(["-m", "tools.reference.detect"]);
+    let input_from = input_from.map(|d| ("--input-from", d));
+    detect_args(&mut cmd, model, spec, input_from, jsonl, images);
     run(cmd, "python -m tools.reference.detect");
 }
 
@@ -467,74 +473,66 @@ fn parity_case(
     );
 }
 
-#[test]
-fn parity_nanodet_m_320() {
-    if prerequisites("parity_nanodet_m_320").is_none() {
+/// The first `n` COCO images and the photos.
+fn coco_and_photos(n: usize) -> Vec<PathBuf> {
+    let mut images = coco_images(n);
+    images.extend(photos());
+    images
+}
+
+/// [`parity_case`] for NanoDet-m at `size` on 24 COCO images and the photos (and, with
+/// `exif`, EXIF-rotated copies of a COCO image).
+fn nanodet_parity(size: u32, exif: bool) {
+    if prerequisites(&format!("parity_nanodet_m_{size}")).is_none() {
         return;
     }
-    let (model, spec) = nanodet(320);
+    let (model, spec) = nanodet(size);
     let exif_dir = tempfile::tempdir().expect("tempdir");
-    let mut images = coco_images(24);
-    images.extend(photos());
-    images.extend(exif_rotated(exif_dir.path()));
+    let mut images = coco_and_photos(24);
+    if exif {
+        images.extend(exif_rotated(exif_dir.path()));
+    }
     parity_case(
-        "nanodet-m-320",
+        &format!("nanodet-m-{size}"),
         &model,
         Some(&spec),
         &images,
         Some(END_TO_END_MATCH_NANODET),
     );
+}
+
+/// [`parity_case`] for a synthetic head (`retina` or `atss`) on 10 COCO images and the photos.
+fn synthetic_parity(kind: &str, test: &str) {
+    if prerequisites(test).is_none() {
+        return;
+    }
+    parity_case(
+        &format!("{kind}-synthetic"),
+        &synthetic(kind),
+        None,
+        &coco_and_photos(10),
+        Some(END_TO_END_MATCH_SYNTHETIC),
+    );
+}
+
+#[test]
+fn parity_nanodet_m_320() {
+    nanodet_parity(320, true);
 }
 
 #[test]
 fn parity_nanodet_m_416() {
-    if prerequisites("parity_nanodet_m_416").is_none() {
-        return;
-    }
-    let (model, spec) = nanodet(416);
-    let mut images = coco_images(24);
-    images.extend(photos());
-    parity_case(
-        "nanodet-m-416",
-        &model,
-        Some(&spec),
-        &images,
-        Some(END_TO_END_MATCH_NANODET),
-    );
+    nanodet_parity(416, false);
 }
 
 #[test]
 fn parity_synthetic_freeanchor() {
-    if prerequisites("parity_synthetic_freeanchor").is_none() {
-        return;
-    }
-    let model = synthetic("retina");
-    let mut images = coco_images(10);
-    images.extend(photos());
-    parity_case(
-        "retina-synthetic",
-        &model,
-        None,
-        &images,
-        Some(END_TO_END_MATCH_SYNTHETIC),
-    );
+    synthetic_parity("retina", "parity_synthetic_freeanchor");
 }
 
 #[test]
 fn parity_synthetic_atss() {
-    if prerequisites("parity_synthetic_atss").is_none() {
-        return;
-    }
-    let model = synthetic("atss");
-    let mut images = coco_images(10);
-    images.extend(photos());
-    parity_case(
-        "atss-synthetic",
-        &model,
-        None,
-        &images,
-        Some(END_TO_END_MATCH_SYNTHETIC),
-    );
+    synthetic_parity("atss", "parity_synthetic_atss");
 }
 
 /// The spec embedded in a synthetic model (as `tools/make_synthetic_heads.py` writes it).
@@ -546,13 +544,7 @@ fn synthetic_spec(kind: &str) -> Value {
         .current_dir(root())
         .arg("-c")
         .arg(code)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "spec_for({kind}): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok();
     serde_json::from_slice(&out.stdout).expect("spec JSON")
 }
 

@@ -120,6 +120,29 @@ fn to_f64(s: &[[f32; 2]]) -> Vec<[f64; 2]> {
     s.iter().map(|v| [v[0] as f64, v[1] as f64]).collect()
 }
 
+/// What one method found: shapes (layout units), their priors, the method's objective (name,
+/// value), details, and the mmdet generator when it is not derived from the priors.
+type Found = (
+    Vec<[f64; 2]>,
+    PriorSpec,
+    (String, f64),
+    serde_json::Value,
+    Option<MmdetAnchorGenerator>,
+);
+
+/// [`Found`] for free shapes, which become explicit priors in the layout.
+fn found_shapes(
+    shapes: &[[f32; 2]],
+    o: &OptimizeOptions,
+    objective: &str,
+    value: f64,
+    details: serde_json::Value,
+) -> Result<Found> {
+    let shapes = to_f64(shapes);
+    let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
+    Ok((shapes, prior, (objective.to_string(), value), details, None))
+}
+
 /// Run the chosen optimizer.
 ///
 /// Errors: [`Error::InvalidInput`] when there are no boxes, k is 0, or the layout / method cannot
@@ -139,7 +162,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
     let p = problem(input, o.layout, &o.strides);
     let t = Instant::now();
     let iters = |d: usize| if o.iterations == 0 { d } else { o.iterations };
-    let (shapes, prior, objective, details, generator) = match o.method {
+    let (shapes, prior, objective, details, generator): Found = match o.method {
         Method::Kmeans => {
             let cfg = KmeansConfig {
                 k: o.k,
@@ -149,19 +172,12 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 ..KmeansConfig::default()
             };
             let r = kmeans(&p, &cfg);
-            let shapes = to_f64(&r.shapes);
-            let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
-            (
-                shapes,
-                prior,
-                ("mean_best_iou".to_string(), r.mean_iou),
-                serde_json::json!({
-                    "restarts": r.restarts,
-                    "lloyd_iterations": r.iterations,
-                    "mean_iou_before_polish": r.mean_iou_lloyd,
-                }),
-                None,
-            )
+            let details = serde_json::json!({
+                "restarts": r.restarts,
+                "lloyd_iterations": r.iterations,
+                "mean_iou_before_polish": r.mean_iou_lloyd,
+            });
+            found_shapes(&r.shapes, o, "mean_best_iou", r.mean_iou, details)?
         }
         Method::Evolve => {
             let min_side = match o.layout {
@@ -178,19 +194,12 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 ..EvolveConfig::default()
             };
             let r = evolve(&p, &cfg);
-            let shapes = to_f64(&r.shapes);
-            let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
-            (
-                shapes,
-                prior,
-                ("yolov5_fitness".to_string(), r.fitness),
-                serde_json::json!({
-                    "generations": r.generations, "accepted": r.accepted,
-                    "fitness_kmeans": r.fitness_kmeans, "fitness_evolved": r.fitness_evolved,
-                    "polish_moves": r.polish_moves, "bpr": r.bpr, "aat": r.aat,
-                }),
-                None,
-            )
+            let details = serde_json::json!({
+                "generations": r.generations, "accepted": r.accepted,
+                "fitness_kmeans": r.fitness_kmeans, "fitness_evolved": r.fitness_evolved,
+                "polish_moves": r.polish_moves, "bpr": r.bpr, "aat": r.aat,
+            });
+            found_shapes(&r.shapes, o, "yolov5_fitness", r.fitness, details)?
         }
         Method::De => {
             if o.layout != Layout::Fpn {
@@ -246,18 +255,11 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 ..LearnedConfig::default()
             };
             let r = learned(&p, &cfg);
-            let shapes = to_f64(&r.shapes);
-            let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
-            (
-                shapes,
-                prior,
-                ("log_space_loc_loss".to_string(), r.loc_loss),
-                serde_json::json!({
-                    "init": r.init, "iterations": r.iterations, "loc_loss_init": r.loc_loss_init,
-                    "mean_iou": r.mean_iou, "mean_iou_init": r.mean_iou_init,
-                }),
-                None,
-            )
+            let details = serde_json::json!({
+                "init": r.init, "iterations": r.iterations, "loc_loss_init": r.loc_loss_init,
+                "mean_iou": r.mean_iou, "mean_iou_init": r.mean_iou_init,
+            });
+            found_shapes(&r.shapes, o, "log_space_loc_loss", r.loc_loss, details)?
         }
     };
     let seconds = t.elapsed().as_secs_f64();
