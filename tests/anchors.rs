@@ -14,7 +14,7 @@ use anchorkit::progress::{Progress, ProgressSink, Task};
 use anchorkit::spec::{PriorSpec, ResizeRule};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +29,24 @@ fn line_of_err(e: &Error) -> (PathBuf, Option<usize>, String) {
 }
 
 // ---------------------------------------------------------------- readers
+
+/// A dataset read with the default options (format detected).
+fn load(p: &Path) -> dataset::Dataset {
+    dataset::load(p, None, &ReadOptions::default()).unwrap()
+}
+
+/// The dataset error of reading `p` with the default options: (file, line, message).
+fn load_err(p: &Path) -> (PathBuf, Option<usize>, String) {
+    line_of_err(&dataset::load(p, None, &ReadOptions::default()).unwrap_err())
+}
+
+/// `../shared/<rel>` and its dataset read with the default options; `None` (after a SKIP line)
+/// when absent.
+fn load_shared(rel: &str) -> Option<(PathBuf, dataset::Dataset)> {
+    let p = shared(rel)?;
+    let ds = load(&p);
+    Some((p, ds))
+}
 
 /// Reader options selecting the VOC split `name`.
 fn split(name: &str) -> ReadOptions {
@@ -48,10 +66,9 @@ fn sized(w: u32, h: u32) -> ReadOptions {
 
 #[test]
 fn coco_subset_matches_python_counts() {
-    let Some(p) = shared("data/coco-val2017/instances_subset.json") else {
+    let Some((p, ds)) = load_shared("data/coco-val2017/instances_subset.json") else {
         return;
     };
-    let ds = dataset::load(&p, None, &ReadOptions::default()).unwrap();
     assert_eq!(ds.format, Format::Coco);
     // counts from json.load: images, non-crowd annotations with w, h > 0
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
@@ -81,10 +98,9 @@ fn coco_subset_matches_python_counts() {
 
 #[test]
 fn coco_full_box_count() {
-    let Some(p) = shared("data/coco-val2017/instances_val2017_boxes.json") else {
+    let Some((_, ds)) = load_shared("data/coco-val2017/instances_val2017_boxes.json") else {
         return;
     };
-    let ds = dataset::load(&p, None, &ReadOptions::default()).unwrap();
     assert_eq!(ds.images.len(), 4952);
     assert_eq!(ds.num_boxes() + ds.dropped.dropped(), 36335);
 }
@@ -94,12 +110,7 @@ fn voc_bccd_file_and_split() {
     let Some(root) = shared("data/bccd/BCCD") else {
         return;
     };
-    let one = dataset::load(
-        &root.join("Annotations/BloodImage_00000.xml"),
-        None,
-        &ReadOptions::default(),
-    )
-    .unwrap();
+    let one = load(&root.join("Annotations/BloodImage_00000.xml"));
     assert_eq!(one.images.len(), 1);
     let im = &one.images[0];
     assert_eq!(im.size, (640, 480));
@@ -110,7 +121,7 @@ fn voc_bccd_file_and_split() {
     assert_eq!(tv.images.len(), 292);
     let te = dataset::load(&root, None, &split("test")).unwrap();
     assert_eq!(te.images.len(), 72);
-    let all = dataset::load(&root, None, &ReadOptions::default()).unwrap();
+    let all = load(&root);
     assert_eq!(all.images.len(), 364);
     // 4888 boxes in the dataset (README); degenerate ones are counted, not lost
     assert_eq!(all.num_boxes() + all.dropped.dropped(), 4888);
@@ -118,10 +129,9 @@ fn voc_bccd_file_and_split() {
 
 #[test]
 fn list_voc2007_reader() {
-    let Some(p) = shared("data/voc2007/2007_test.txt") else {
+    let Some((p, ds)) = load_shared("data/voc2007/2007_test.txt") else {
         return;
     };
-    let ds = dataset::load(&p, None, &ReadOptions::default()).unwrap();
     assert_eq!(ds.format, Format::List);
     assert_eq!(ds.images.len(), 4952);
     assert_eq!(ds.num_boxes() + ds.dropped.dropped(), 12032);
@@ -145,7 +155,7 @@ fn yolo_reader_from_bccd_labels() {
     };
     // real BCCD boxes converted to YOLO labels, with the real image beside them
     let xml = root.join("Annotations/BloodImage_00000.xml");
-    let voc = dataset::load(&xml, None, &ReadOptions::default()).unwrap();
+    let voc = load(&xml);
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("labels")).unwrap();
     std::fs::create_dir_all(tmp.path().join("images")).unwrap();
@@ -167,7 +177,7 @@ fn yolo_reader_from_bccd_labels() {
         );
     }
     std::fs::write(tmp.path().join("labels/BloodImage_00000.txt"), txt).unwrap();
-    let ds = dataset::load(tmp.path(), None, &ReadOptions::default()).unwrap();
+    let ds = load(tmp.path());
     assert_eq!(ds.format, Format::Yolo);
     assert_eq!(ds.images[0].size, (640, 480));
     for (a, b) in ds.images[0].boxes.iter().zip(&voc.images[0].boxes) {
@@ -184,11 +194,11 @@ fn malformed_files_name_file_and_line() {
     // COCO: syntax error on line 3
     let c = tmp.path().join("bad.json");
     std::fs::write(&c, "{\"images\": [\n {\"id\": 1, \"width\": 10, \"height\": 10}],\n \"annotations\": [ {\"image_id\": 1,, }]}").unwrap();
-    let (p, l, _) = line_of_err(&dataset::load(&c, None, &ReadOptions::default()).unwrap_err());
+    let (p, l, _) = load_err(&c);
     assert_eq!((p, l), (c.clone(), Some(3)));
     // COCO: bbox with 3 numbers on line 4
     std::fs::write(&c, "{\"images\": [{\"id\": 1, \"width\": 10, \"height\": 10}],\n\"categories\": [{\"id\": 1, \"name\": \"a\"}],\n\"annotations\": [\n{\"image_id\": 1, \"category_id\": 1, \"bbox\": [1, 2, 3]}]}").unwrap();
-    let (_, l, _) = line_of_err(&dataset::load(&c, None, &ReadOptions::default()).unwrap_err());
+    let (_, l, _) = load_err(&c);
     assert_eq!(l, Some(4));
     // VOC: non-numeric xmax on line 8
     let x = tmp.path().join("a.xml");
@@ -204,13 +214,13 @@ fn malformed_files_name_file_and_line() {
         "<annotation>\n<object><name>a</name></object>\n</annotation>",
     )
     .unwrap();
-    let (_, l, m) = line_of_err(&dataset::load(&x, None, &ReadOptions::default()).unwrap_err());
+    let (_, l, m) = load_err(&x);
     assert_eq!(l, Some(1));
     assert!(m.contains("size"));
     // list: bad box on line 2
     let t = tmp.path().join("l.txt");
     std::fs::write(&t, "a.jpg 1,2,3,4,0\nb.jpg 1,2,3,0\n").unwrap();
-    let (p, l, _) = line_of_err(&dataset::load(&t, None, &ReadOptions::default()).unwrap_err());
+    let (p, l, _) = load_err(&t);
     assert_eq!((p, l), (t.clone(), Some(2)));
     // YOLO: 4 fields on line 2
     let yd = tmp.path().join("y");

@@ -191,59 +191,52 @@ fn run(mut cmd: Command, what: &str) {
     );
 }
 
-/// Adds to a detect command (Rust or Python) `--model`, `--spec`, the tensor option
-/// `flag DIR` when given, `--jsonl` and the images; runs it in the repository root.
-fn detect_args(
-    cmd: &mut Command,
+/// Which implementation runs a detection.
+#[derive(Clone, Copy)]
+enum Side {
+    /// `anchorkit detect`; a tensor directory is where it dumps its network inputs.
+    Rust,
+    /// `python -m tools.reference.detect`; a tensor directory holds the inputs it runs on
+    /// instead of preprocessing the images itself.
+    Python,
+}
+
+/// Detection on `images` into `jsonl` by `side`, with the spec sidecar and the tensor
+/// directory when given; run in the repository root.
+fn detect(
+    side: Side,
     model: &Path,
     spec: Option<&Path>,
-    tensors: Option<(&str, &Path)>,
-    jsonl: &Path,
     images: &[PathBuf],
+    jsonl: &Path,
+    tensors: Option<&Path>,
 ) {
+    let (mut cmd, flag, what) = match side {
+        Side::Rust => {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_anchorkit"));
+            cmd.arg("detect");
+            if std::env::var_os("ORT_DYLIB_PATH").is_none()
+                && let Some(lib) = venv_ort_lib()
+            {
+                cmd.env("ORT_DYLIB_PATH", lib);
+            }
+            (cmd, "--dump-input", "anchorkit detect")
+        }
+        Side::Python => {
+            let mut cmd = Command::new(python());
+            cmd.args(["-m", "tools.reference.detect"]);
+            (cmd, "--input-from", "python -m tools.reference.detect")
+        }
+    };
     cmd.current_dir(root()).arg("--model").arg(model);
     if let Some(s) = spec {
         cmd.arg("--spec").arg(s);
     }
-    if let Some((flag, d)) = tensors {
+    if let Some(d) = tensors {
         cmd.arg(flag).arg(d);
     }
     cmd.arg("--jsonl").arg(jsonl).args(images);
-}
-
-/// `anchorkit detect` on `images`, optionally dumping its network inputs.
-fn rust_detect(
-    model: &Path,
-    spec: Option<&Path>,
-    images: &[PathBuf],
-    jsonl: &Path,
-    dump: Option<&Path>,
-) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_anchorkit"));
-    cmd.arg("detect");
-    let dump = dump.map(|d| ("--dump-input", d));
-    detect_args(&mut cmd, model, spec, dump, jsonl, images);
-    if std::env::var_os("ORT_DYLIB_PATH").is_none()
-        && let Some(lib) = venv_ort_lib()
-    {
-        cmd.env("ORT_DYLIB_PATH", lib);
-    }
-    run(cmd, "anchorkit detect");
-}
-
-/// The Python reference on `images`, optionally on the tensors dumped by the Rust side.
-fn py_detect(
-    model: &Path,
-    spec: Option<&Path>,
-    images: &[PathBuf],
-    jsonl: &Path,
-    input_from: Option<&Path>,
-) {
-    let mut cmd = Command::new(python());
-    cmd.args(["-m", "tools.reference.detect"]);
-    let input_from = input_from.map(|d| ("--input-from", d));
-    detect_args(&mut cmd, model, spec, input_from, jsonl, images);
-    run(cmd, "python -m tools.reference.detect");
+    run(cmd, what);
 }
 
 fn read_jsonl(path: &Path) -> Vec<Value> {
@@ -424,8 +417,8 @@ fn parity_case(
         tmp.path().join("py.jsonl"),
         tmp.path().join("py_e2e.jsonl"),
     );
-    rust_detect(model, spec, images, &rj, Some(&dump));
-    py_detect(model, spec, images, &pj, Some(&dump));
+    detect(Side::Rust, model, spec, images, &rj, Some(&dump));
+    detect(Side::Python, model, spec, images, &pj, Some(&dump));
     let (rust, py) = (read_jsonl(&rj), read_jsonl(&pj));
     assert_eq!(
         rust.len(),
@@ -445,7 +438,7 @@ fn parity_case(
     let Some(min_match) = end_to_end_min_match else {
         return;
     };
-    py_detect(model, spec, images, &pe, None);
+    detect(Side::Python, model, spec, images, &pe, None);
     let py_e2e = read_jsonl(&pe);
     if common::libjpeg_required() {
         // OpenCV-exact decode and resize: from the files, Rust equals the reference exactly
@@ -645,7 +638,7 @@ fn coco_ap_case(size: u32, want: f64) {
     let (jsonl, stats) = (tmp.path().join("dets.jsonl"), tmp.path().join("stats.json"));
     let images = coco_images(usize::MAX);
     assert_eq!(images.len(), 198, "the COCO subset has 198 images");
-    rust_detect(&model, Some(&spec), &images, &jsonl, None);
+    detect(Side::Rust, &model, Some(&spec), &images, &jsonl, None);
     let mut cmd = Command::new(python());
     cmd.current_dir(root())
         .args(["-m", "tools.reference.coco_ap", "--jsonl"])
