@@ -21,8 +21,15 @@ export PATH="$PWD/tools/.venv/bin:$PATH"
 if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+# the library without the `cli` feature (no clap, indicatif): a check, reusing clippy's metadata
+cargo clippy --lib --no-default-features --quiet -- -D warnings
 # lib, bin, integration and doc tests (benches are compiled by clippy above and run with `cargo bench`)
 cargo test
+# The portable kernels, as aarch64 devices (Jetson, Raspberry Pi) run them: every SIMD dispatch
+# forced to its scalar path (src/simd.rs), then the unit tests and the exactness tests of the
+# kernels again: OpenCV resize/normalize byte for byte, anchor objectives and optimizers, and
+# mmdet parity (score scan, GFL integral, whole pipeline). Same binaries: nothing is rebuilt.
+ANCHORKIT_SIMD=scalar cargo test --lib --test cv2_resize --test anchors --test parity
 ruff check tools
 ruff format --check tools
 python -m pytest -q --durations=12 tools

@@ -61,7 +61,9 @@ pub mod nms;
 pub mod output;
 pub mod postprocess;
 pub mod preprocess;
+pub mod progress;
 pub mod runtime;
+pub mod simd;
 pub mod spec;
 
 pub use detector::Detector;

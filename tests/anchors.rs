@@ -10,10 +10,13 @@ use anchorkit::anchor_opt::kmeans::{KmeansConfig, kmeans};
 use anchorkit::anchor_opt::objective::ShapeProblem;
 use anchorkit::dataset::mapping::Geometry;
 use anchorkit::dataset::{self, Format, InputBoxes, MappedImage, ReadOptions, Resize};
+use anchorkit::progress::{Progress, ProgressSink, Task};
 use anchorkit::spec::{PriorSpec, ResizeRule};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 mod common;
 use common::shared;
@@ -27,12 +30,45 @@ fn line_of_err(e: &Error) -> (PathBuf, Option<usize>, String) {
 
 // ---------------------------------------------------------------- readers
 
+/// A dataset read with the default options (format detected).
+fn load(p: &Path) -> dataset::Dataset {
+    dataset::load(p, None, &ReadOptions::default()).unwrap()
+}
+
+/// The dataset error of reading `p` with the default options: (file, line, message).
+fn load_err(p: &Path) -> (PathBuf, Option<usize>, String) {
+    line_of_err(&dataset::load(p, None, &ReadOptions::default()).unwrap_err())
+}
+
+/// `../shared/<rel>` and its dataset read with the default options; `None` (after a SKIP line)
+/// when absent.
+fn load_shared(rel: &str) -> Option<(PathBuf, dataset::Dataset)> {
+    let p = shared(rel)?;
+    let ds = load(&p);
+    Some((p, ds))
+}
+
+/// Reader options selecting the VOC split `name`.
+fn split(name: &str) -> ReadOptions {
+    ReadOptions {
+        split: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+/// Reader options taking every image as `w x h` (`--orig-size`).
+fn sized(w: u32, h: u32) -> ReadOptions {
+    ReadOptions {
+        assume_size: Some((w, h)),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn coco_subset_matches_python_counts() {
-    let Some(p) = shared("data/coco-val2017/instances_subset.json") else {
+    let Some((p, ds)) = load_shared("data/coco-val2017/instances_subset.json") else {
         return;
     };
-    let ds = dataset::load(&p, None, &ReadOptions::default()).unwrap();
     assert_eq!(ds.format, Format::Coco);
     // counts from json.load: images, non-crowd annotations with w, h > 0
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
@@ -62,10 +98,9 @@ fn coco_subset_matches_python_counts() {
 
 #[test]
 fn coco_full_box_count() {
-    let Some(p) = shared("data/coco-val2017/instances_val2017_boxes.json") else {
+    let Some((_, ds)) = load_shared("data/coco-val2017/instances_val2017_boxes.json") else {
         return;
     };
-    let ds = dataset::load(&p, None, &ReadOptions::default()).unwrap();
     assert_eq!(ds.images.len(), 4952);
     assert_eq!(ds.num_boxes() + ds.dropped.dropped(), 36335);
 }
@@ -75,39 +110,18 @@ fn voc_bccd_file_and_split() {
     let Some(root) = shared("data/bccd/BCCD") else {
         return;
     };
-    let one = dataset::load(
-        &root.join("Annotations/BloodImage_00000.xml"),
-        None,
-        &ReadOptions::default(),
-    )
-    .unwrap();
+    let one = load(&root.join("Annotations/BloodImage_00000.xml"));
     assert_eq!(one.images.len(), 1);
     let im = &one.images[0];
     assert_eq!(im.size, (640, 480));
     assert_eq!(im.boxes.len(), 20);
     assert_eq!(one.classes[im.boxes[0].class_id], "WBC");
     assert_eq!(im.boxes[0].bbox, [260.0, 177.0, 491.0, 376.0]);
-    let tv = dataset::load(
-        &root,
-        Some(Format::Voc),
-        &ReadOptions {
-            split: Some("trainval".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let tv = dataset::load(&root, Some(Format::Voc), &split("trainval")).unwrap();
     assert_eq!(tv.images.len(), 292);
-    let te = dataset::load(
-        &root,
-        None,
-        &ReadOptions {
-            split: Some("test".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let te = dataset::load(&root, None, &split("test")).unwrap();
     assert_eq!(te.images.len(), 72);
-    let all = dataset::load(&root, None, &ReadOptions::default()).unwrap();
+    let all = load(&root);
     assert_eq!(all.images.len(), 364);
     // BCCD's annotations hold 4888 boxes; degenerate ones are counted, not lost
     assert_eq!(all.num_boxes() + all.dropped.dropped(), 4888);
@@ -115,10 +129,9 @@ fn voc_bccd_file_and_split() {
 
 #[test]
 fn list_voc2007_reader() {
-    let Some(p) = shared("data/voc2007/2007_test.txt") else {
+    let Some((p, ds)) = load_shared("data/voc2007/2007_test.txt") else {
         return;
     };
-    let ds = dataset::load(&p, None, &ReadOptions::default()).unwrap();
     assert_eq!(ds.format, Format::List);
     assert_eq!(ds.images.len(), 4952);
     assert_eq!(ds.num_boxes() + ds.dropped.dropped(), 12032);
@@ -131,15 +144,7 @@ fn list_voc2007_reader() {
     assert_eq!(ds.classes[im.boxes[1].class_id], "person");
     assert_eq!(ds.warnings.len(), 1);
     // with --orig-size the size is taken as given
-    let ds2 = dataset::load(
-        &p,
-        None,
-        &ReadOptions {
-            assume_size: Some((500, 500)),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let ds2 = dataset::load(&p, None, &sized(500, 500)).unwrap();
     assert!(ds2.images[0].size_known && ds2.images[0].size == (500, 500));
 }
 
@@ -150,7 +155,7 @@ fn yolo_reader_from_bccd_labels() {
     };
     // real BCCD boxes converted to YOLO labels, with the real image beside them
     let xml = root.join("Annotations/BloodImage_00000.xml");
-    let voc = dataset::load(&xml, None, &ReadOptions::default()).unwrap();
+    let voc = load(&xml);
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("labels")).unwrap();
     std::fs::create_dir_all(tmp.path().join("images")).unwrap();
@@ -172,7 +177,7 @@ fn yolo_reader_from_bccd_labels() {
         );
     }
     std::fs::write(tmp.path().join("labels/BloodImage_00000.txt"), txt).unwrap();
-    let ds = dataset::load(tmp.path(), None, &ReadOptions::default()).unwrap();
+    let ds = load(tmp.path());
     assert_eq!(ds.format, Format::Yolo);
     assert_eq!(ds.images[0].size, (640, 480));
     for (a, b) in ds.images[0].boxes.iter().zip(&voc.images[0].boxes) {
@@ -189,11 +194,11 @@ fn malformed_files_name_file_and_line() {
     // COCO: syntax error on line 3
     let c = tmp.path().join("bad.json");
     std::fs::write(&c, "{\"images\": [\n {\"id\": 1, \"width\": 10, \"height\": 10}],\n \"annotations\": [ {\"image_id\": 1,, }]}").unwrap();
-    let (p, l, _) = line_of_err(&dataset::load(&c, None, &ReadOptions::default()).unwrap_err());
+    let (p, l, _) = load_err(&c);
     assert_eq!((p, l), (c.clone(), Some(3)));
     // COCO: bbox with 3 numbers on line 4
     std::fs::write(&c, "{\"images\": [{\"id\": 1, \"width\": 10, \"height\": 10}],\n\"categories\": [{\"id\": 1, \"name\": \"a\"}],\n\"annotations\": [\n{\"image_id\": 1, \"category_id\": 1, \"bbox\": [1, 2, 3]}]}").unwrap();
-    let (_, l, _) = line_of_err(&dataset::load(&c, None, &ReadOptions::default()).unwrap_err());
+    let (_, l, _) = load_err(&c);
     assert_eq!(l, Some(4));
     // VOC: non-numeric xmax on line 8
     let x = tmp.path().join("a.xml");
@@ -209,28 +214,20 @@ fn malformed_files_name_file_and_line() {
         "<annotation>\n<object><name>a</name></object>\n</annotation>",
     )
     .unwrap();
-    let (_, l, m) = line_of_err(&dataset::load(&x, None, &ReadOptions::default()).unwrap_err());
+    let (_, l, m) = load_err(&x);
     assert_eq!(l, Some(1));
     assert!(m.contains("size"));
     // list: bad box on line 2
     let t = tmp.path().join("l.txt");
     std::fs::write(&t, "a.jpg 1,2,3,4,0\nb.jpg 1,2,3,0\n").unwrap();
-    let (p, l, _) = line_of_err(&dataset::load(&t, None, &ReadOptions::default()).unwrap_err());
+    let (p, l, _) = load_err(&t);
     assert_eq!((p, l), (t.clone(), Some(2)));
     // YOLO: 4 fields on line 2
     let yd = tmp.path().join("y");
     std::fs::create_dir_all(&yd).unwrap();
     let yl = yd.join("img.txt");
     std::fs::write(&yl, "0 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1\n").unwrap();
-    let e = dataset::load(
-        &yd,
-        Some(Format::Yolo),
-        &ReadOptions {
-            assume_size: Some((100, 100)),
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
+    let e = dataset::load(&yd, Some(Format::Yolo), &sized(100, 100)).unwrap_err();
     let (p, l, _) = line_of_err(&e);
     assert_eq!((p, l), (yl.clone(), Some(2)));
     // YOLO without an image or --orig-size: names the label file
@@ -251,15 +248,7 @@ fn degenerate_boxes_are_counted_and_dropped() {
         "a.jpg 1,2,30,40,0 5,5,5,9,0 9,9,3,3,0 200,200,250,250,0 90,90,120,95,0\n",
     )
     .unwrap();
-    let ds = dataset::load(
-        &t,
-        None,
-        &ReadOptions {
-            assume_size: Some((100, 100)),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let ds = dataset::load(&t, None, &sized(100, 100)).unwrap();
     assert_eq!(ds.images[0].boxes.len(), 2);
     assert_eq!(ds.dropped.degenerate, 2);
     assert_eq!(ds.dropped.outside, 1);
@@ -345,27 +334,17 @@ fn kmeans_recovers_synthetic_clusters() {
     let truth = [[12.0, 30.0], [40.0, 40.0], [90.0, 35.0], [160.0, 240.0]];
     let (w, h) = clusters(&truth, 500, 0.04, 7);
     let p = ShapeProblem::new(w, h, None);
-    let r = kmeans(
-        &p,
-        &KmeansConfig {
-            k: 4,
-            seed: 3,
-            ..Default::default()
-        },
-    );
+    let cfg = KmeansConfig {
+        k: 4,
+        seed: 3,
+        ..Default::default()
+    };
+    let r = kmeans(&p, &cfg);
     assert_recovers(&r.shapes, &truth, 0.02);
     assert!(r.mean_iou > 0.95, "{}", r.mean_iou);
     assert!(r.mean_iou >= r.mean_iou_lloyd);
     // deterministic for a seed
-    let r2 = kmeans(
-        &p,
-        &KmeansConfig {
-            k: 4,
-            seed: 3,
-            ..Default::default()
-        },
-    );
-    assert_eq!(r.shapes, r2.shapes);
+    assert_eq!(r.shapes, kmeans(&p, &cfg).shapes);
 }
 
 #[test]
@@ -719,15 +698,7 @@ fn bccd_mapping_and_eval_runs() {
     let Some(root) = shared("data/bccd/BCCD") else {
         return;
     };
-    let ds = dataset::load(
-        &root,
-        None,
-        &ReadOptions {
-            split: Some("test".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let ds = dataset::load(&root, None, &split("test")).unwrap();
     let (input, dropped) = InputBoxes::map(&ds, &Resize::default());
     assert_eq!(dropped, 0);
     assert_eq!(input.images[0].geometry.padded, (1088, 800));
@@ -740,33 +711,45 @@ fn bccd_mapping_and_eval_runs() {
 
 // ---------------------------------------------------------------- evolve / de / learned / mmdet
 
+/// A progress report that adds up the steps of all its tasks.
+struct CountSteps(Arc<AtomicU64>);
+
+impl Progress for CountSteps {
+    fn task(&self, _label: &str, _len: u64) -> Box<dyn Task> {
+        Box::new(CountSteps(self.0.clone()))
+    }
+}
+
+impl Task for CountSteps {
+    fn inc(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn evolve_recovers_synthetic_clusters() {
     use anchorkit::anchor_opt::evolve::{EvolveConfig, evolve};
     let truth = [[10.0, 30.0], [45.0, 40.0], [120.0, 60.0]];
     let (w, h) = clusters(&truth, 400, 0.03, 5);
     let p = ShapeProblem::new(w, h, None);
-    let r = evolve(
-        &p,
-        &EvolveConfig {
-            k: 3,
-            seed: 1,
-            ..Default::default()
-        },
-    );
+    let cfg = EvolveConfig {
+        k: 3,
+        seed: 1,
+        ..Default::default()
+    };
+    let r = evolve(&p, &cfg);
     assert_recovers(&r.shapes, &truth, 0.05);
     assert!(r.fitness >= r.fitness_kmeans);
     assert!(r.fitness > 0.95, "{}", r.fitness);
     assert_eq!(r.bpr, 1.0);
-    let r2 = evolve(
-        &p,
-        &EvolveConfig {
-            k: 3,
-            seed: 1,
-            ..Default::default()
-        },
-    );
-    assert_eq!(r.shapes, r2.shapes);
+    // deterministic for a seed, and every generation is reported to the progress sink
+    let steps = Arc::new(AtomicU64::new(0));
+    let counted = EvolveConfig {
+        progress: ProgressSink::new(CountSteps(steps.clone())),
+        ..cfg.clone()
+    };
+    assert_eq!(r.shapes, evolve(&p, &counted).shapes);
+    assert_eq!(steps.load(Ordering::Relaxed), cfg.generations as u64);
 }
 
 #[test]

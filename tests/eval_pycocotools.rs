@@ -16,7 +16,7 @@ use std::process::Command;
 const TOL: f64 = 1e-9;
 
 mod common;
-use common::{RunOk, anchorkit, repo as root, runtime_ok, venv_python as python};
+use common::{RunOk, anchorkit, repo as root, runtime_ok, s, venv_python as python};
 
 fn shared() -> Option<PathBuf> {
     common::shared("data")?;
@@ -29,13 +29,7 @@ fn pycocotools(py: &Path, gt: &Path, res: &Path) -> serde_json::Value {
         .arg(root().join("tools/coco_eval_ref.py"))
         .arg(gt)
         .arg(res)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "pycocotools failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok();
     serde_json::from_slice(&out.stdout).expect("reference JSON")
 }
 
@@ -339,35 +333,33 @@ fn eval_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let gt = dir.path().join("gt.json");
     std::fs::write(&gt, "{\"images\": [], \"categories\": 3}").unwrap();
-    let out = anchorkit()
-        .args(["eval", "--coco"])
-        .arg(&gt)
-        .args(["--detections", "/dev/null"])
-        .output()
-        .unwrap();
+    let eval = |gt: &Path| {
+        anchorkit()
+            .args(["eval", "--coco"])
+            .arg(gt)
+            .args(["--detections", "/dev/null"])
+            .output()
+            .unwrap()
+    };
+    let out = eval(&gt);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("gt.json") && err.contains("not a COCO instances file"),
         "{err}"
     );
-    let missing = dir.path().join("missing.json");
-    let out = anchorkit()
-        .args(["eval", "--coco"])
-        .arg(&missing)
-        .args(["--detections", "/dev/null"])
-        .output()
-        .unwrap();
+    let out = eval(&dir.path().join("missing.json"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.json"));
 }
 
-/// Runs `anchorkit eval` with `args`, returns the JSON report and the saved results path.
-fn eval_cli(args: &[&std::ffi::OsStr], dir: &Path) -> (serde_json::Value, PathBuf) {
+/// Runs `anchorkit eval` with the `(option, value)` pairs, returns the JSON report and the saved
+/// results path.
+fn eval_cli(opts: &[(&str, &str)], dir: &Path) -> (serde_json::Value, PathBuf) {
     let (rp, js) = (dir.join("res.json"), dir.join("report.json"));
     anchorkit()
         .arg("eval")
-        .args(args)
+        .args(opts.iter().flat_map(|&(k, v)| [k, v]))
         .arg("--save-results")
         .arg(&rp)
         .arg("--json")
@@ -392,16 +384,11 @@ fn nanodet_on_coco_subset_matches_pycocotools() {
     let jsonl = dir.path().join("dets.jsonl");
     let (ours, rp) = eval_cli(
         &[
-            "--coco".as_ref(),
-            ann.as_os_str(),
-            "--model".as_ref(),
-            model.as_os_str(),
-            "--spec".as_ref(),
-            spec.as_os_str(),
-            "--images".as_ref(),
-            sh.join("data/coco-val2017/images").as_os_str(),
-            "--jsonl".as_ref(),
-            jsonl.as_os_str(),
+            ("--coco", s(&ann)),
+            ("--model", s(&model)),
+            ("--spec", s(&spec)),
+            ("--images", s(&sh.join("data/coco-val2017/images"))),
+            ("--jsonl", s(&jsonl)),
         ],
         dir.path(),
     );
@@ -413,12 +400,7 @@ fn nanodet_on_coco_subset_matches_pycocotools() {
     // Scoring the JSONL written on the way gives the same numbers (f32 boxes round-trip).
     let dir2 = tempfile::tempdir().unwrap();
     let (again, _) = eval_cli(
-        &[
-            "--coco".as_ref(),
-            ann.as_os_str(),
-            "--detections".as_ref(),
-            jsonl.as_os_str(),
-        ],
+        &[("--coco", s(&ann)), ("--detections", s(&jsonl))],
         dir2.path(),
     );
     for n in STAT_NAMES {
@@ -453,16 +435,11 @@ fn bccd_models_on_test_split_match_pycocotools() {
         let gp = dir.path().join("gt.json");
         let (ours, rp) = eval_cli(
             &[
-                "--voc".as_ref(),
-                voc.as_os_str(),
-                "--split".as_ref(),
-                "test".as_ref(),
-                "--model".as_ref(),
-                m.as_os_str(),
-                "--images".as_ref(),
-                voc.join("JPEGImages").as_os_str(),
-                "--save-gt".as_ref(),
-                gp.as_os_str(),
+                ("--voc", s(&voc)),
+                ("--split", "test"),
+                ("--model", s(&m)),
+                ("--images", s(&voc.join("JPEGImages"))),
+                ("--save-gt", s(&gp)),
             ],
             dir.path(),
         );

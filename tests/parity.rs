@@ -30,6 +30,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 mod common;
+use common::RunOk;
 
 /// Maximum box coordinate difference (pixels of the original image) with identical input.
 const BOX_TOL: f64 = 1e-3;
@@ -191,54 +192,52 @@ fn run(mut cmd: Command, what: &str) {
     );
 }
 
-/// `anchorkit detect` on `images`, optionally dumping its network inputs.
-fn rust_detect(
-    model: &Path,
-    spec: Option<&Path>,
-    images: &[PathBuf],
-    jsonl: &Path,
-    dump: Option<&Path>,
-) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_anchorkit"));
-    cmd.current_dir(root())
-        .arg("detect")
-        .arg("--model")
-        .arg(model);
-    if let Some(s) = spec {
-        cmd.arg("--spec").arg(s);
-    }
-    if let Some(d) = dump {
-        cmd.arg("--dump-input").arg(d);
-    }
-    cmd.arg("--jsonl").arg(jsonl).args(images);
-    if std::env::var_os("ORT_DYLIB_PATH").is_none()
-        && let Some(lib) = venv_ort_lib()
-    {
-        cmd.env("ORT_DYLIB_PATH", lib);
-    }
-    run(cmd, "anchorkit detect");
+/// Which implementation runs a detection.
+#[derive(Clone, Copy)]
+enum Side {
+    /// `anchorkit detect`; a tensor directory is where it dumps its network inputs.
+    Rust,
+    /// `python -m tools.reference.detect`; a tensor directory holds the inputs it runs on
+    /// instead of preprocessing the images itself.
+    Python,
 }
 
-/// The Python reference on `images`, optionally on the tensors dumped by the Rust side.
-fn py_detect(
+/// Detection on `images` into `jsonl` by `side`, with the spec sidecar and the tensor
+/// directory when given; run in the repository root.
+fn detect(
+    side: Side,
     model: &Path,
     spec: Option<&Path>,
     images: &[PathBuf],
     jsonl: &Path,
-    input_from: Option<&Path>,
+    tensors: Option<&Path>,
 ) {
-    let mut cmd = Command::new(python());
-    cmd.current_dir(root())
-        .args(["-m", "tools.reference.detect", "--model"])
-        .arg(model);
+    let (mut cmd, flag, what) = match side {
+        Side::Rust => {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_anchorkit"));
+            cmd.arg("detect");
+            if std::env::var_os("ORT_DYLIB_PATH").is_none()
+                && let Some(lib) = venv_ort_lib()
+            {
+                cmd.env("ORT_DYLIB_PATH", lib);
+            }
+            (cmd, "--dump-input", "anchorkit detect")
+        }
+        Side::Python => {
+            let mut cmd = Command::new(python());
+            cmd.args(["-m", "tools.reference.detect"]);
+            (cmd, "--input-from", "python -m tools.reference.detect")
+        }
+    };
+    cmd.current_dir(root()).arg("--model").arg(model);
     if let Some(s) = spec {
         cmd.arg("--spec").arg(s);
     }
-    if let Some(d) = input_from {
-        cmd.arg("--input-from").arg(d);
+    if let Some(d) = tensors {
+        cmd.arg(flag).arg(d);
     }
     cmd.arg("--jsonl").arg(jsonl).args(images);
-    run(cmd, "python -m tools.reference.detect");
+    run(cmd, what);
 }
 
 fn read_jsonl(path: &Path) -> Vec<Value> {
@@ -419,8 +418,8 @@ fn parity_case(
         tmp.path().join("py.jsonl"),
         tmp.path().join("py_e2e.jsonl"),
     );
-    rust_detect(model, spec, images, &rj, Some(&dump));
-    py_detect(model, spec, images, &pj, Some(&dump));
+    detect(Side::Rust, model, spec, images, &rj, Some(&dump));
+    detect(Side::Python, model, spec, images, &pj, Some(&dump));
     let (rust, py) = (read_jsonl(&rj), read_jsonl(&pj));
     assert_eq!(
         rust.len(),
@@ -440,7 +439,7 @@ fn parity_case(
     let Some(min_match) = end_to_end_min_match else {
         return;
     };
-    py_detect(model, spec, images, &pe, None);
+    detect(Side::Python, model, spec, images, &pe, None);
     let py_e2e = read_jsonl(&pe);
     if common::libjpeg_required() {
         // OpenCV-exact decode and resize: from the files, Rust equals the reference exactly
@@ -468,74 +467,66 @@ fn parity_case(
     );
 }
 
-#[test]
-fn parity_nanodet_m_320() {
-    if prerequisites("parity_nanodet_m_320").is_none() {
+/// The first `n` COCO images and the photos.
+fn coco_and_photos(n: usize) -> Vec<PathBuf> {
+    let mut images = coco_images(n);
+    images.extend(photos());
+    images
+}
+
+/// [`parity_case`] for NanoDet-m at `size` on 24 COCO images and the photos (and, with
+/// `exif`, EXIF-rotated copies of a COCO image).
+fn nanodet_parity(size: u32, exif: bool) {
+    if prerequisites(&format!("parity_nanodet_m_{size}")).is_none() {
         return;
     }
-    let (model, spec) = nanodet(320);
+    let (model, spec) = nanodet(size);
     let exif_dir = tempfile::tempdir().expect("tempdir");
-    let mut images = coco_images(24);
-    images.extend(photos());
-    images.extend(exif_rotated(exif_dir.path()));
+    let mut images = coco_and_photos(24);
+    if exif {
+        images.extend(exif_rotated(exif_dir.path()));
+    }
     parity_case(
-        "nanodet-m-320",
+        &format!("nanodet-m-{size}"),
         &model,
         Some(&spec),
         &images,
         Some(END_TO_END_MATCH_NANODET),
     );
+}
+
+/// [`parity_case`] for a synthetic head (`retina` or `atss`) on 10 COCO images and the photos.
+fn synthetic_parity(kind: &str, test: &str) {
+    if prerequisites(test).is_none() {
+        return;
+    }
+    parity_case(
+        &format!("{kind}-synthetic"),
+        &synthetic(kind),
+        None,
+        &coco_and_photos(10),
+        Some(END_TO_END_MATCH_SYNTHETIC),
+    );
+}
+
+#[test]
+fn parity_nanodet_m_320() {
+    nanodet_parity(320, true);
 }
 
 #[test]
 fn parity_nanodet_m_416() {
-    if prerequisites("parity_nanodet_m_416").is_none() {
-        return;
-    }
-    let (model, spec) = nanodet(416);
-    let mut images = coco_images(24);
-    images.extend(photos());
-    parity_case(
-        "nanodet-m-416",
-        &model,
-        Some(&spec),
-        &images,
-        Some(END_TO_END_MATCH_NANODET),
-    );
+    nanodet_parity(416, false);
 }
 
 #[test]
 fn parity_synthetic_freeanchor() {
-    if prerequisites("parity_synthetic_freeanchor").is_none() {
-        return;
-    }
-    let model = synthetic("retina");
-    let mut images = coco_images(10);
-    images.extend(photos());
-    parity_case(
-        "retina-synthetic",
-        &model,
-        None,
-        &images,
-        Some(END_TO_END_MATCH_SYNTHETIC),
-    );
+    synthetic_parity("retina", "parity_synthetic_freeanchor");
 }
 
 #[test]
 fn parity_synthetic_atss() {
-    if prerequisites("parity_synthetic_atss").is_none() {
-        return;
-    }
-    let model = synthetic("atss");
-    let mut images = coco_images(10);
-    images.extend(photos());
-    parity_case(
-        "atss-synthetic",
-        &model,
-        None,
-        &images,
-        Some(END_TO_END_MATCH_SYNTHETIC),
-    );
+    synthetic_parity("atss", "parity_synthetic_atss");
 }
 
 /// The spec embedded in a synthetic model (as `tools/make_synthetic_heads.py` writes it).
@@ -547,13 +538,7 @@ fn synthetic_spec(kind: &str) -> Value {
         .current_dir(root())
         .arg("-c")
         .arg(code)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "spec_for({kind}): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok();
     serde_json::from_slice(&out.stdout).expect("spec JSON")
 }
 
@@ -654,7 +639,7 @@ fn coco_ap_case(size: u32, want: f64) {
     let (jsonl, stats) = (tmp.path().join("dets.jsonl"), tmp.path().join("stats.json"));
     let images = coco_images(usize::MAX);
     assert_eq!(images.len(), 198, "the COCO subset has 198 images");
-    rust_detect(&model, Some(&spec), &images, &jsonl, None);
+    detect(Side::Rust, &model, Some(&spec), &images, &jsonl, None);
     let mut cmd = Command::new(python());
     cmd.current_dir(root())
         .args(["-m", "tools.reference.coco_ap", "--jsonl"])

@@ -36,27 +36,39 @@ STAT_NAMES = [
 ]
 
 
+def cocoeval(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:
+    """`COCOeval(gt, dt, "bbox")` of COCO result dicts, evaluated, accumulated and summarized
+    (the summary is printed to stdout). An empty `results` is an empty result set."""
+    if results:
+        dt = gt.loadRes(results)
+    else:
+        # loadRes cannot take an empty list (it reads anns[0]); build the empty result set.
+        dt = COCO()
+        dt.dataset = {
+            "images": list(gt.dataset["images"]),
+            "categories": gt.dataset["categories"],
+            "annotations": [],
+        }
+        dt.createIndex()
+    ev = COCOeval(gt, dt, "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return ev
+
+
+def stats_by_name(ev: COCOeval) -> dict[str, float]:
+    """The 12 summary numbers of a summarized `COCOeval`, by name (AP, AP50, ...)."""
+    return {n: float(v) for n, v in zip(STAT_NAMES, ev.stats, strict=True)}
+
+
 def evaluate(gt_path: str, results_path: str) -> dict[str, Any]:
     """Evaluate a COCO results file against a COCO ground truth file with pycocotools."""
     with contextlib.redirect_stdout(sys.stderr):
         gt = COCO(gt_path)
         with open(results_path) as f:
             results = json.load(f)
-        if results:
-            dt = gt.loadRes(results)
-        else:
-            # loadRes cannot take an empty list (it reads anns[0]); build the empty result set.
-            dt = COCO()
-            dt.dataset = {
-                "images": list(gt.dataset["images"]),
-                "categories": gt.dataset["categories"],
-                "annotations": [],
-            }
-            dt.createIndex()
-        ev = COCOeval(gt, dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+        ev = cocoeval(gt, results)
     precision = ev.eval["precision"]
     per_class = []
     for k, cat_id in enumerate(ev.params.catIds):
@@ -66,7 +78,7 @@ def evaluate(gt_path: str, results_path: str) -> dict[str, Any]:
             {"category_id": int(cat_id), "ap": float(np.mean(p)) if p.size else -1.0}
         )
     return {
-        "stats": {n: float(v) for n, v in zip(STAT_NAMES, ev.stats, strict=True)},
+        "stats": stats_by_name(ev),
         "per_class": per_class,
         "iou_thrs": [float(x) for x in ev.params.iouThrs],
         "rec_thrs": [float(x) for x in ev.params.recThrs],

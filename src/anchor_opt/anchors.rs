@@ -4,6 +4,7 @@
 //! [`PriorSpec`], and the optimizer's shape layouts.
 
 use crate::error::{Error, Result};
+use crate::head::priors::{base_anchors, octave_scales};
 use crate::spec::PriorSpec;
 use serde::Serialize;
 
@@ -23,7 +24,8 @@ pub struct AnchorSet {
 }
 
 /// How optimized shapes become per-level anchors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// The same A = k shapes on every level, in units of the level's stride (anchor = stride x
@@ -50,10 +52,9 @@ impl AnchorSet {
     }
 
     /// mmdet `AnchorGenerator` with `octave_base_scale` / `scales_per_octave` (or an explicit
-    /// `scales` list when `scales` is `Some`), `ratios` as h/w, `scale_major = True`, base size =
-    /// stride. f32 arithmetic as in mmdet: scales computed in f64 then cast, `h_ratios =
-    /// sqrt(ratios)`, `w_ratios = 1 / h_ratios`, `ws = (base * w_ratios) * scales`, anchor
-    /// `[xc - 0.5 ws, yc - 0.5 hs, xc + 0.5 ws, yc + 0.5 hs]`, flat index `ratio * S + scale`.
+    /// `scales` list when `scales` is `Some`, cast to f32 as `torch.Tensor(scales)`), `ratios` as
+    /// h/w, `scale_major = True`, base size = stride: [`octave_scales`] and [`base_anchors`] of
+    /// every level, flat index `ratio * S + scale`.
     pub fn mmdet(
         strides: &[u32],
         octave_base_scale: f64,
@@ -64,29 +65,11 @@ impl AnchorSet {
     ) -> AnchorSet {
         let scales: Vec<f32> = match scales {
             Some(s) => s.iter().map(|&v| v as f32).collect(),
-            None => (0..scales_per_octave)
-                .map(|i| {
-                    (2f64.powf(i as f64 / scales_per_octave as f64) * octave_base_scale) as f32
-                })
-                .collect(),
+            None => octave_scales(octave_base_scale, scales_per_octave),
         };
         let base = strides
             .iter()
-            .map(|&s| {
-                let bs = s as f32;
-                let c = (center_offset * s as f64) as f32;
-                let mut v = Vec::with_capacity(ratios.len() * scales.len());
-                for &r in ratios {
-                    let hr = (r as f32).sqrt();
-                    let wr = 1.0f32 / hr;
-                    for &sc in &scales {
-                        let ws = (bs * wr) * sc;
-                        let hs = (bs * hr) * sc;
-                        v.push([c - 0.5 * ws, c - 0.5 * hs, c + 0.5 * ws, c + 0.5 * hs]);
-                    }
-                }
-                v
-            })
+            .map(|&s| base_anchors(s, &scales, ratios, center_offset))
             .collect();
         AnchorSet {
             strides: strides.to_vec(),

@@ -17,13 +17,15 @@
 
 use super::kmeans::sub_seed;
 use super::objective::{ShapeProblem, fast_ln};
+use crate::progress::ProgressSink;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
 /// Zlocha objective.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DeObjective {
     Focal,
@@ -47,7 +49,7 @@ pub struct DeConfig {
     pub max_generations: usize,
     pub polish: bool,
     pub seed: u64,
-    pub progress: bool,
+    pub progress: ProgressSink,
 }
 
 impl Default for DeConfig {
@@ -64,7 +66,7 @@ impl Default for DeConfig {
             max_generations: 1000,
             polish: true,
             seed: 0,
-            progress: false,
+            progress: ProgressSink::silent(),
         }
     }
 }
@@ -201,11 +203,9 @@ pub fn de(p: &ShapeProblem, cfg: &DeConfig) -> DeResult {
     let exact = |u: &[f64]| eval(u, objective);
     let mut en: Vec<f64> = pop.par_iter().map(|u| energy(u)).collect();
     let mut evals = np;
-    let bar = super::run::progress_bar(
-        cfg.max_generations as u64,
-        "differential evolution",
-        cfg.progress,
-    );
+    let bar = cfg
+        .progress
+        .task("differential evolution", cfg.max_generations as u64);
     let mut generations = 0;
     let mut converged = false;
     for g in 0..cfg.max_generations {
@@ -260,7 +260,7 @@ pub fn de(p: &ShapeProblem, cfg: &DeConfig) -> DeResult {
             break;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     let best = (0..np)
         .min_by(|&a, &b| en[a].total_cmp(&en[b]))
         .unwrap_or(0);

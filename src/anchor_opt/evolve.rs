@@ -16,6 +16,8 @@
 
 use super::kmeans::{canonical, sub_seed};
 use super::objective::{ShapeProblem, lane_sum};
+use crate::progress::ProgressSink;
+use crate::simd::avx2_or_portable;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr_free::normal;
@@ -40,7 +42,7 @@ pub struct EvolveConfig {
     pub min_side: f32,
     /// Fpn seeding scale (see [`super::kmeans::KmeansConfig::ref_scale`]).
     pub ref_scale: f32,
-    pub progress: bool,
+    pub progress: ProgressSink,
     /// After the generations, a pattern search on `ln w`, `ln h` of every anchor (monotone:
     /// only improving moves are taken), not part of YOLOv5.
     pub polish: bool,
@@ -58,7 +60,7 @@ impl Default for EvolveConfig {
             seed: 0,
             min_side: 2.0,
             ref_scale: 4.0 * std::f32::consts::SQRT_2,
-            progress: false,
+            progress: ProgressSink::silent(),
             polish: true,
         }
     }
@@ -103,23 +105,11 @@ struct Points {
     y: Vec<f32>,
 }
 
-/// Squared distance to the nearest centre and its index for every point (dense: centres in the
-/// outer loop, points in the vectorized inner one; AVX2 when present). Ties go to the first
-/// centre, as scipy's `vq`.
-fn nearest(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { nearest_avx2(pts, c, bd, bk) };
-        return;
-    }
-    nearest_body(pts, c, bd, bk)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn nearest_avx2(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) {
-    nearest_body(pts, c, bd, bk)
+avx2_or_portable! {
+    /// Squared distance to the nearest centre and its index for every point (dense: centres in
+    /// the outer loop, points in the vectorized inner one; AVX2 when present). Ties go to the
+    /// first centre, as scipy's `vq`.
+    fn nearest(pts: &Points, c: &[[f32; 2]], bd: &mut [f32], bk: &mut [u32]) => nearest_body
 }
 
 #[inline(always)]
@@ -336,7 +326,9 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
             })
             .collect()
     };
-    let bar = super::run::progress_bar(cfg.generations as u64, "evolving anchors", cfg.progress);
+    let bar = cfg
+        .progress
+        .task("evolving anchors", cfg.generations as u64);
     let batch = rayon::current_num_threads().clamp(1, 16);
     let mut accepted = 0;
     let mut g = 0;
@@ -364,7 +356,7 @@ pub fn evolve(p: &ShapeProblem, cfg: &EvolveConfig) -> EvolveResult {
         g += done;
         bar.inc(done as u64);
     }
-    bar.finish_and_clear();
+    bar.finish();
     tracing::debug!(
         "evolve: {} generations ({accepted} accepted) {:.2} ms",
         cfg.generations,

@@ -8,6 +8,7 @@
 //! becoming all-zero (mmdet) or being dropped (scipy).
 
 use super::objective::{ShapeProblem, lane_sum};
+use crate::simd::avx2_or_portable;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -211,18 +212,7 @@ impl Members {
 
     /// `sum_i IoU(member_i, (w, h))` in f64 over 8 lanes (vectorized; deterministic).
     pub fn iou_sum(&self, w: f32, h: f32) -> f64 {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { self.iou_sum_avx2(w, h) };
-        }
-        self.iou_sum_body(w, h)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn iou_sum_avx2(&self, w: f32, h: f32) -> f64 {
-        self.iou_sum_body(w, h)
+        members_iou_sum(self, w, h)
     }
 
     #[inline(always)]
@@ -253,6 +243,11 @@ impl Members {
         }
         s
     }
+}
+
+avx2_or_portable! {
+    /// [`Members::iou_sum`], AVX2 when the CPU has it.
+    fn members_iou_sum(m: &Members, w: f32, h: f32) -> f64 => Members::iou_sum_body
 }
 
 /// Maximize `sum_i IoU(member_i, c)` over `c` by pattern search in `(ln w, ln h)`.

@@ -20,13 +20,15 @@
 
 use super::kmeans::{KmeansConfig, canonical, kmeans, sub_seed};
 use super::objective::{ShapeProblem, iou_wh};
+use crate::progress::ProgressSink;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
 /// Initialization of the learned shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum LearnedInit {
     Identical,
@@ -49,7 +51,7 @@ pub struct LearnedConfig {
     pub cluster_weight: f64,
     pub seed: u64,
     pub ref_scale: f32,
-    pub progress: bool,
+    pub progress: ProgressSink,
 }
 
 impl Default for LearnedConfig {
@@ -66,7 +68,7 @@ impl Default for LearnedConfig {
             cluster_weight: 0.1,
             seed: 0,
             ref_scale: 4.0 * std::f32::consts::SQRT_2,
-            progress: false,
+            progress: ProgressSink::silent(),
         }
     }
 }
@@ -174,7 +176,7 @@ pub fn learned(p: &ShapeProblem, cfg: &LearnedConfig) -> LearnedResult {
     let iou0 = p.mean_best_iou(&init_shapes);
     let lsl: Vec<f64> = p.inv_strides.iter().map(|&v| (v as f64).ln()).collect();
     let (mut m1, mut m2) = (vec![[0.0f64; 2]; k], vec![[0.0f64; 2]; k]);
-    let bar = super::run::progress_bar(cfg.iterations as u64, "learning anchors", cfg.progress);
+    let bar = cfg.progress.task("learning anchors", cfg.iterations as u64);
     for it in 0..cfg.iterations {
         let batch: Vec<usize> = (0..cfg.batch.min(n))
             .map(|_| rng.random_range(0..n))
@@ -267,7 +269,7 @@ pub fn learned(p: &ShapeProblem, cfg: &LearnedConfig) -> LearnedResult {
         }
         bar.inc(1);
     }
-    bar.finish_and_clear();
+    bar.finish();
     let mut shapes = to_shapes(&theta);
     let mut loss = loc_loss(p, &shapes);
     if loss > loc0 {

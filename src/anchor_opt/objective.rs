@@ -18,6 +18,7 @@
 //! inner loop; AVX2 when present) in parallel over fixed chunks, so sums are deterministic and
 //! do not depend on the thread count.
 
+use crate::simd::avx2_or_portable;
 use rayon::prelude::*;
 
 /// Boxes per rayon task; fixed so that sums do not depend on the thread count.
@@ -69,22 +70,11 @@ impl ShapeTable {
     }
 }
 
-/// Sum in f64 over 8 interleaved lanes (element `i` into lane `i % 8`), then the lanes in
-/// order: vectorizable (AVX2 when the CPU has it), and fixed, so sums do not depend on the
-/// thread count.
-pub fn lane_sum(v: &[f32], f: impl Fn(f32) -> f64) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { lane_sum_avx2(v, f) };
-    }
-    lane_sum_body(v, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn lane_sum_avx2(v: &[f32], f: impl Fn(f32) -> f64) -> f64 {
-    lane_sum_body(v, f)
+avx2_or_portable! {
+    /// Sum in f64 over 8 interleaved lanes (element `i` into lane `i % 8`), then the lanes in
+    /// order: vectorizable (AVX2 when the CPU has it, see [`crate::simd`]), and fixed, so sums
+    /// do not depend on the thread count.
+    pub fn lane_sum(v: &[f32], f: impl Fn(f32) -> f64) -> f64 => lane_sum_body
 }
 
 #[inline(always)]
@@ -148,24 +138,13 @@ struct Chunk<'a> {
     t: &'a ShapeTable,
 }
 
-/// Best value per box of one chunk over all levels and shapes, raised in place (`best` starts
-/// at -1); with `arg`, the code `level * K + shape` of the first best pair in (level, shape)
-/// order. Levels and shapes are the outer loops and the boxes the inner one, so the compiler
-/// vectorizes it (AVX2 when the CPU has it).
-fn best_chunk(metric: Metric, c: &Chunk, best: &mut [f32], arg: Option<&mut [u32]>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { best_chunk_avx2(metric, c, best, arg) };
-        return;
-    }
-    best_chunk_dispatch(metric, c, best, arg)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn best_chunk_avx2(metric: Metric, c: &Chunk, best: &mut [f32], arg: Option<&mut [u32]>) {
-    best_chunk_dispatch(metric, c, best, arg)
+avx2_or_portable! {
+    /// Best value per box of one chunk over all levels and shapes, raised in place (`best`
+    /// starts at -1); with `arg`, the code `level * K + shape` of the first best pair in
+    /// (level, shape) order. Levels and shapes are the outer loops and the boxes the inner one,
+    /// so the compiler vectorizes it (AVX2 when the CPU has it).
+    fn best_chunk(metric: Metric, c: &Chunk, best: &mut [f32], arg: Option<&mut [u32]>)
+        => best_chunk_dispatch
 }
 
 #[inline(always)]
@@ -235,25 +214,16 @@ fn pair_metric<const RATIO: bool>(
     }
 }
 
-/// Best value per box of one chunk against each shape separately (over levels), keeping the
-/// largest and second-largest over shapes and the shape of the largest (first on ties):
-/// `b1`, `b2` start at -1. See [`Top2`].
-fn top2_chunk(metric: Metric, c: &Chunk, b1: &mut [f32], a1: &mut [u32], b2: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { top2_chunk_avx2(metric, c, b1, a1, b2) };
-        return;
-    }
-    match metric {
-        Metric::Ratio => top2_chunk_body::<true>(c, b1, a1, b2),
-        Metric::Iou => top2_chunk_body::<false>(c, b1, a1, b2),
-    }
+avx2_or_portable! {
+    /// Best value per box of one chunk against each shape separately (over levels), keeping
+    /// the largest and second-largest over shapes and the shape of the largest (first on
+    /// ties): `b1`, `b2` start at -1. See [`Top2`].
+    fn top2_chunk(metric: Metric, c: &Chunk, b1: &mut [f32], a1: &mut [u32], b2: &mut [f32])
+        => top2_chunk_dispatch
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn top2_chunk_avx2(metric: Metric, c: &Chunk, b1: &mut [f32], a1: &mut [u32], b2: &mut [f32]) {
+#[inline(always)]
+fn top2_chunk_dispatch(metric: Metric, c: &Chunk, b1: &mut [f32], a1: &mut [u32], b2: &mut [f32]) {
     match metric {
         Metric::Ratio => top2_chunk_body::<true>(c, b1, a1, b2),
         Metric::Iou => top2_chunk_body::<false>(c, b1, a1, b2),
@@ -302,21 +272,9 @@ fn shape_chunk<const RATIO: bool>(c: &Chunk, s: [f32; 5], out: &mut [f32]) {
     }
 }
 
-/// [`replaced_chunk_body`] for the top's metric, AVX2 when the CPU has it.
-fn replaced_chunk(s: [f32; 5], ts: TopSlice, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { replaced_chunk_avx2(s, ts, out) };
-        return;
-    }
-    replaced_chunk_dispatch(s, ts, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn replaced_chunk_avx2(s: [f32; 5], ts: TopSlice, out: &mut [f32]) {
-    replaced_chunk_dispatch(s, ts, out)
+avx2_or_portable! {
+    /// [`replaced_chunk_body`] for the top's metric, AVX2 when the CPU has it.
+    fn replaced_chunk(s: [f32; 5], ts: TopSlice, out: &mut [f32]) => replaced_chunk_dispatch
 }
 
 #[inline(always)]

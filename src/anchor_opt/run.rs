@@ -12,12 +12,14 @@ use super::mmdet_cfg::MmdetAnchorGenerator;
 use super::objective::{ShapeProblem, ShapeScores};
 use crate::dataset::InputBoxes;
 use crate::error::{Error, Result};
+use crate::progress::ProgressSink;
 use crate::spec::PriorSpec;
 use serde::Serialize;
 use std::time::Instant;
 
 /// Optimization method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// IoU k-means (k-means++, restarts, IoU-ascent polish).
@@ -31,7 +33,8 @@ pub enum Method {
 }
 
 /// Which assigner the report leads with (and which default anchors it compares against).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Assigner {
     /// ATSS (default anchors: one 8*stride square).
@@ -69,8 +72,8 @@ pub struct OptimizeOptions {
     pub polish: bool,
     /// Generations (evolve) / max generations (de) / iterations (learned); 0 = method default.
     pub iterations: usize,
-    /// Show progress bars.
-    pub progress: bool,
+    /// Where the optimizers report their progress (silent by default).
+    pub progress: ProgressSink,
     /// Initialization of the learned method.
     pub init: LearnedInit,
 }
@@ -113,23 +116,31 @@ pub fn explicit_prior(shapes: &[[f64; 2]], layout: Layout, strides: &[u32]) -> R
     })
 }
 
-/// A progress bar on stderr (hidden when `show` is false or stderr is not a terminal).
-pub fn progress_bar(len: u64, msg: &str, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(len);
-    if let Ok(st) = indicatif::ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
-    ) {
-        b.set_style(st.progress_chars("=> "));
-    }
-    b.set_prefix(msg.to_string());
-    b
-}
-
 fn to_f64(s: &[[f32; 2]]) -> Vec<[f64; 2]> {
     s.iter().map(|v| [v[0] as f64, v[1] as f64]).collect()
+}
+
+/// What one method found: shapes (layout units), their priors, the method's objective (name,
+/// value), details, and the mmdet generator when it is not derived from the priors.
+type Found = (
+    Vec<[f64; 2]>,
+    PriorSpec,
+    (String, f64),
+    serde_json::Value,
+    Option<MmdetAnchorGenerator>,
+);
+
+/// [`Found`] for free shapes, which become explicit priors in the layout.
+fn found_shapes(
+    shapes: &[[f32; 2]],
+    o: &OptimizeOptions,
+    objective: &str,
+    value: f64,
+    details: serde_json::Value,
+) -> Result<Found> {
+    let shapes = to_f64(shapes);
+    let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
+    Ok((shapes, prior, (objective.to_string(), value), details, None))
 }
 
 /// Run the chosen optimizer.
@@ -151,7 +162,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
     let p = problem(input, o.layout, &o.strides);
     let t = Instant::now();
     let iters = |d: usize| if o.iterations == 0 { d } else { o.iterations };
-    let (shapes, prior, objective, details, generator) = match o.method {
+    let (shapes, prior, objective, details, generator): Found = match o.method {
         Method::Kmeans => {
             let cfg = KmeansConfig {
                 k: o.k,
@@ -161,19 +172,12 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 ..KmeansConfig::default()
             };
             let r = kmeans(&p, &cfg);
-            let shapes = to_f64(&r.shapes);
-            let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
-            (
-                shapes,
-                prior,
-                ("mean_best_iou".to_string(), r.mean_iou),
-                serde_json::json!({
-                    "restarts": r.restarts,
-                    "lloyd_iterations": r.iterations,
-                    "mean_iou_before_polish": r.mean_iou_lloyd,
-                }),
-                None,
-            )
+            let details = serde_json::json!({
+                "restarts": r.restarts,
+                "lloyd_iterations": r.iterations,
+                "mean_iou_before_polish": r.mean_iou_lloyd,
+            });
+            found_shapes(&r.shapes, o, "mean_best_iou", r.mean_iou, details)?
         }
         Method::Evolve => {
             let min_side = match o.layout {
@@ -185,24 +189,17 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 generations: iters(1000),
                 seed: o.seed,
                 min_side,
-                progress: o.progress,
+                progress: o.progress.clone(),
                 polish: o.polish,
                 ..EvolveConfig::default()
             };
             let r = evolve(&p, &cfg);
-            let shapes = to_f64(&r.shapes);
-            let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
-            (
-                shapes,
-                prior,
-                ("yolov5_fitness".to_string(), r.fitness),
-                serde_json::json!({
-                    "generations": r.generations, "accepted": r.accepted,
-                    "fitness_kmeans": r.fitness_kmeans, "fitness_evolved": r.fitness_evolved,
-                    "polish_moves": r.polish_moves, "bpr": r.bpr, "aat": r.aat,
-                }),
-                None,
-            )
+            let details = serde_json::json!({
+                "generations": r.generations, "accepted": r.accepted,
+                "fitness_kmeans": r.fitness_kmeans, "fitness_evolved": r.fitness_evolved,
+                "polish_moves": r.polish_moves, "bpr": r.bpr, "aat": r.aat,
+            });
+            found_shapes(&r.shapes, o, "yolov5_fitness", r.fitness, details)?
         }
         Method::De => {
             if o.layout != Layout::Fpn {
@@ -227,7 +224,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 scales: ns,
                 max_generations: iters(1000),
                 seed: o.seed,
-                progress: o.progress,
+                progress: o.progress.clone(),
                 polish: o.polish,
                 ..DeConfig::default()
             };
@@ -254,22 +251,15 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 init: o.init,
                 iterations: iters(600),
                 seed: o.seed,
-                progress: o.progress,
+                progress: o.progress.clone(),
                 ..LearnedConfig::default()
             };
             let r = learned(&p, &cfg);
-            let shapes = to_f64(&r.shapes);
-            let prior = explicit_prior(&shapes, o.layout, &o.strides)?;
-            (
-                shapes,
-                prior,
-                ("log_space_loc_loss".to_string(), r.loc_loss),
-                serde_json::json!({
-                    "init": r.init, "iterations": r.iterations, "loc_loss_init": r.loc_loss_init,
-                    "mean_iou": r.mean_iou, "mean_iou_init": r.mean_iou_init,
-                }),
-                None,
-            )
+            let details = serde_json::json!({
+                "init": r.init, "iterations": r.iterations, "loc_loss_init": r.loc_loss_init,
+                "mean_iou": r.mean_iou, "mean_iou_init": r.mean_iou_init,
+            });
+            found_shapes(&r.shapes, o, "log_space_loc_loss", r.loc_loss, details)?
         }
     };
     let seconds = t.elapsed().as_secs_f64();

@@ -192,7 +192,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         restarts: a.restarts,
         polish: !a.no_polish,
         iterations: a.iterations,
-        progress: !a.quiet,
+        progress: super::progress::bars(a.quiet),
         init: a.init,
     };
     let opt = optimize(&input, &o)?;

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 pub fn read(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
     let text = super::read_text(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut classes = read_names(dir);
+    let classes =
+        super::read_class_names(dir, &["voc_classes.txt", "classes.txt", "coco_classes.txt"]);
     let mut max_class = 0usize;
     let mut images = Vec::new();
     let mut dropped = DropCounts::default();
@@ -91,10 +92,6 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
     if images.is_empty() {
         return Err(derr(path, None, "no images listed"));
     }
-    let names = classes.get_or_insert_with(Vec::new);
-    while names.len() <= max_class {
-        names.push(names.len().to_string());
-    }
     let mut warnings = Vec::new();
     if estimated > 0 {
         warnings.push(format!(
@@ -105,25 +102,11 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
     Ok(Dataset {
         source: path.to_path_buf(),
         format: Format::List,
-        classes: classes.unwrap_or_default(),
+        classes: super::class_names(classes, max_class),
         images,
         dropped,
         warnings,
     })
-}
-
-fn read_names(dir: &Path) -> Option<Vec<String>> {
-    for n in ["voc_classes.txt", "classes.txt", "coco_classes.txt"] {
-        if let Ok(t) = std::fs::read_to_string(dir.join(n)) {
-            return Some(
-                t.lines()
-                    .map(|l| l.trim().to_string())
-                    .filter(|l| !l.is_empty())
-                    .collect(),
-            );
-        }
-    }
-    None
 }
 
 fn find_size(name: &str, dir: &Path) -> Option<(u32, u32)> {

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 pub use mapping::{InputBoxes, MappedImage, Resize};
 
 /// Annotation file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// COCO `instances_*.json` (bbox = `[x, y, w, h]`).
@@ -207,6 +208,30 @@ pub(crate) fn derr(path: &Path, line: Option<usize>, msg: impl Into<String>) -> 
         line,
         msg: msg.into(),
     }
+}
+
+/// Class names from the first of `files` that exists in `dir`: one name a line, trimmed, blank
+/// lines skipped. `None` when none of them can be read.
+pub(crate) fn read_class_names(dir: &Path, files: &[&str]) -> Option<Vec<String>> {
+    files.iter().find_map(|n| {
+        let t = std::fs::read_to_string(dir.join(n)).ok()?;
+        Some(
+            t.lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect(),
+        )
+    })
+}
+
+/// `names` extended with the ids `names.len()..=max_class` as names, so that every class id up
+/// to `max_class` has one.
+pub(crate) fn class_names(names: Option<Vec<String>>, max_class: usize) -> Vec<String> {
+    let mut names = names.unwrap_or_default();
+    while names.len() <= max_class {
+        names.push(names.len().to_string());
+    }
+    names
 }
 
 /// Size of an image file from its header (no decode).

@@ -8,6 +8,9 @@ use super::{Dataset, DropCounts, Format, GtBox, ImageRecord, ReadOptions, derr, 
 use crate::error::Result;
 use std::path::{Path, PathBuf};
 
+/// Class-name files looked for beside the labels (and their parent directory), in order.
+const NAME_FILES: [&str; 2] = ["classes.txt", "obj.names"];
+
 /// Read a YOLO label directory (or a dataset root containing `labels/`).
 ///
 /// Errors: [`crate::Error::Dataset`] naming the label file and line for a malformed line
@@ -28,14 +31,17 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
         .flatten()
         .filter(|p| {
             let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            n != "classes.txt" && n != "obj.names"
+            !NAME_FILES.contains(&n)
         })
         .collect();
     files.sort();
     if files.is_empty() {
         return Err(derr(&root, None, "no *.txt label files"));
     }
-    let mut classes = read_names(&root).or_else(|| path.parent().and_then(read_names));
+    let classes = super::read_class_names(&root, &NAME_FILES).or_else(|| {
+        path.parent()
+            .and_then(|d| super::read_class_names(d, &NAME_FILES))
+    });
     let mut max_class = 0usize;
     let mut images = Vec::with_capacity(files.len());
     let mut dropped = DropCounts::default();
@@ -115,32 +121,14 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
             boxes,
         });
     }
-    let names = classes.get_or_insert_with(Vec::new);
-    while names.len() <= max_class {
-        names.push(names.len().to_string());
-    }
     Ok(Dataset {
         source: path.to_path_buf(),
         format: Format::Yolo,
-        classes: classes.unwrap_or_default(),
+        classes: super::class_names(classes, max_class),
         images,
         dropped,
         warnings: Vec::new(),
     })
-}
-
-fn read_names(dir: &Path) -> Option<Vec<String>> {
-    for n in ["classes.txt", "obj.names"] {
-        if let Ok(t) = std::fs::read_to_string(dir.join(n)) {
-            return Some(
-                t.lines()
-                    .map(|l| l.trim().to_string())
-                    .filter(|l| !l.is_empty())
-                    .collect(),
-            );
-        }
-    }
-    None
 }
 
 fn image_for_label(label: &Path, stem: &str) -> Option<PathBuf> {

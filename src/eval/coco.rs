@@ -84,7 +84,8 @@ pub struct DetRecord {
 }
 
 /// How anchorkit JSONL class ids map to ground-truth category ids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum ClassMapping {
     /// `class_name` must equal a ground-truth category name.
     #[default]

@@ -26,7 +26,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// How VOC `xmin/ymin/xmax/ymax` become a COCO `[x, y, w, h]` box (see module doc).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum VocCoords {
     /// `[xmin, ymin, xmax - xmin, ymax - ymin]` (mmdet `XMLDataset`).
     #[default]

@@ -100,12 +100,8 @@ pub fn distance2bbox(point: (f32, f32), d: [f32; 4], clip: Option<[f32; 4]>) -> 
 #[inline]
 pub fn integral(bins: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if bins.len() <= 8
-        && !bins.is_empty()
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: AVX2 and FMA are present (checked just above).
+    if bins.len() <= 8 && !bins.is_empty() && crate::simd::avx2_fma() {
+        // SAFETY: AVX2 and FMA are present (`simd::avx2_fma` checked them).
         return unsafe { integral_avx2(bins) };
     }
     integral_scalar(bins)
@@ -221,12 +217,8 @@ pub fn distribution2bbox(
     let n = reg_max + 1;
     let mut d = [0f32; 4];
     #[cfg(target_arch = "x86_64")]
-    if n == 8
-        && dist.len() >= 32
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: AVX2 and FMA are present (checked just above); `dist` holds 32 values.
+    if n == 8 && dist.len() >= 32 && crate::simd::avx2_fma() {
+        // SAFETY: AVX2 and FMA are present (`simd::avx2_fma` checked them); `dist` holds 32 values.
         let v = unsafe { integral4x8_avx2(dist) };
         for (slot, x) in d.iter_mut().zip(v) {
             *slot = x * scale;
@@ -399,9 +391,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn exp8_within_2_ulp() {
-        if !(std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma"))
-        {
+        if crate::simd::cpu_level() < crate::simd::Level::Avx2Fma {
             return;
         }
         use std::arch::x86_64::*;

@@ -84,8 +84,8 @@ pub fn raw_threshold(act: ScoreActivation, score_thr: f32) -> f32 {
 #[inline]
 pub fn scan_above(buf: &[f32], t: f32, mut f: impl FnMut(usize, f32)) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
+    if crate::simd::avx2() {
+        // SAFETY: the CPU supports AVX2 (`simd::avx2` checked it).
         unsafe { scan_above_avx2(buf, t, &mut f) };
         return;
     }
@@ -220,16 +220,7 @@ pub fn select_pairs(
             });
         }
     }
-    let k = if nms_pre == 0 {
-        keys.len()
-    } else {
-        nms_pre.min(keys.len())
-    };
-    if k < keys.len() {
-        keys.select_nth_unstable(k);
-        keys.truncate(k);
-    }
-    keys.sort_unstable();
+    keep_smallest_sorted(keys, nms_pre);
     out.extend(keys.iter().map(|&key| {
         let pair = (key & 0xffff_ffff) as usize;
         let score = from_desc_key((key >> 32) as u32);
@@ -239,6 +230,20 @@ pub fn select_pairs(
             score,
         }
     }));
+}
+
+/// Keeps the `k` smallest keys (all when `k == 0`), sorted ascending.
+fn keep_smallest_sorted(keys: &mut Vec<u64>, k: usize) {
+    let k = if k == 0 {
+        keys.len()
+    } else {
+        k.min(keys.len())
+    };
+    if k < keys.len() {
+        keys.select_nth_unstable(k);
+        keys.truncate(k);
+    }
+    keys.sort_unstable();
 }
 
 /// Inverse of [`desc_key`].
@@ -298,16 +303,7 @@ pub fn topk_desc(values: &[f32], k: usize) -> Vec<usize> {
         .enumerate()
         .map(|(i, &v)| ((desc_key(v) as u64) << 32) | i as u64)
         .collect();
-    let k = if k == 0 {
-        keys.len()
-    } else {
-        k.min(keys.len())
-    };
-    if k < keys.len() {
-        keys.select_nth_unstable(k);
-        keys.truncate(k);
-    }
-    keys.sort_unstable();
+    keep_smallest_sorted(&mut keys, k);
     keys.into_iter()
         .map(|key| (key & 0xffff_ffff) as usize)
         .collect()

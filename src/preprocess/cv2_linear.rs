@@ -164,9 +164,9 @@ impl LinearResize {
         };
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 checked; the 8-byte loads at xofs[i] for i < n_vec are in bounds
-            // (rows below the last one are followed by more image bytes).
+        if crate::simd::avx2() {
+            // SAFETY: AVX2 checked (`simd::avx2`); the 8-byte loads at xofs[i] for i < n_vec are
+            // in bounds (rows below the last one are followed by more image bytes).
             done = unsafe { horizontal_avx2(src, &self.xofs[..n_vec], &self.xw, out) };
         }
         for i in done..self.dw as usize {
@@ -194,8 +194,8 @@ fn vertical_one(h0: i32, h1: i32, b0: i16, b1: i16) -> u8 {
 fn vertical(h0: &[i32], h1: &[i32], b0: i16, b1: i16, out: &mut [u8]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 checked; slices are equally long.
+    if crate::simd::avx2() {
+        // SAFETY: AVX2 checked (`simd::avx2`); slices are equally long.
         done = unsafe { vertical_avx2(h0, h1, b0, b1, out) };
     }
     for i in done..out.len() {
@@ -278,8 +278,8 @@ pub fn normalize_row(
     let w = d[0].len();
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 checked; rgbx holds 4 * w bytes, each plane row w values.
+    if crate::simd::avx2() {
+        // SAFETY: AVX2 checked (`simd::avx2`); rgbx holds 4 * w bytes, each plane row w values.
         done = unsafe { normalize_row_avx2(rgbx, src_ch, mean, inv_std, &mut d) };
     }
     let [d0, d1, d2] = d;

@@ -19,7 +19,8 @@ use std::sync::{Mutex, OnceLock};
 pub use locate::{LibSource, PINNED_ORT_VERSION};
 
 /// Execution provider to run the model on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Ep {
     /// ONNX Runtime's CPU execution provider.
     #[default]
@@ -28,7 +29,7 @@ pub enum Ep {
     Cuda,
     /// NVIDIA TensorRT 10 (needs the `onnxruntime-gpu` build, TensorRT 10, CUDA 13); nodes that
     /// TensorRT cannot take run on CUDA.
-    #[value(name = "tensorrt")]
+    #[cfg_attr(feature = "cli", value(name = "tensorrt"))]
     TensorRt,
 }
 

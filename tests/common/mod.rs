@@ -27,32 +27,26 @@ pub fn skip(reason: &str) {
     eprintln!("SKIP: {reason}");
 }
 
+/// `p` when `present`, else [`skip`] with `p` and `why` and `None`.
+fn present_or_skip(p: PathBuf, present: bool, why: &str) -> Option<PathBuf> {
+    if !present {
+        skip(&format!("{} {why}", p.display()));
+    }
+    present.then_some(p)
+}
+
 /// `../shared/<rel>` if it exists, else [`skip`] and `None`.
 pub fn shared(rel: &str) -> Option<PathBuf> {
     let p = shared_root().join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        skip(&format!(
-            "{} not found (needs ../shared beside the repo)",
-            p.display()
-        ));
-        None
-    }
+    let ok = p.exists();
+    present_or_skip(p, ok, "not found (needs ../shared beside the repo)")
 }
 
 /// The tools venv's python, else [`skip`] and `None`.
 pub fn venv_python() -> Option<PathBuf> {
     let p = repo().join("tools/.venv/bin/python");
-    if p.is_file() {
-        Some(p)
-    } else {
-        skip(&format!(
-            "{} is absent (run tools/setup_venv.sh)",
-            p.display()
-        ));
-        None
-    }
+    let ok = p.is_file();
+    present_or_skip(p, ok, "is absent (run tools/setup_venv.sh)")
 }
 
 /// Whether ONNX Runtime can be loaded (else [`skip`] with the reason).

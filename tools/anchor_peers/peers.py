@@ -35,6 +35,8 @@ import torch
 from numpy.typing import NDArray
 from scipy.optimize import differential_evolution
 
+from tools.anchorkit_train.anchors import box_iou
+
 F = NDArray[np.float64]
 
 
@@ -136,18 +138,6 @@ def _centred_xyxy(wh: torch.Tensor) -> torch.Tensor:
     return torch.cat([-wh / 2, wh / 2], dim=1)
 
 
-def _bbox_overlaps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """mmdet `bbox_overlaps` (mode iou, eps 1e-6)."""
-    area1 = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area2 = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    whi = (rb - lt).clamp(min=0)
-    ov = whi[..., 0] * whi[..., 1]
-    union = torch.clamp(area1[:, None] + area2[None] - ov, min=1e-6)
-    return ov / union
-
-
 def mmdet_kmeans(wh: F, k: int, iters: int, seed: int) -> tuple[F, int]:
     """`YOLOKMeansAnchorOptimizer.kmeans_anchors` (torch, CPU)."""
     torch.manual_seed(seed)
@@ -187,7 +177,7 @@ def _mmdet_maximization(
 def _mmdet_expectation(
     b: torch.Tensor, a: torch.Tensor, c: torch.Tensor
 ) -> tuple[bool, torch.Tensor]:
-    ious = _bbox_overlaps(b, c)
+    ious = box_iou(b, c)
     closest = ious.argmax(dim=1)
     converged = bool((closest == a).all())
     return converged, closest
@@ -210,7 +200,7 @@ def mmdet_de(
 
     def avg_iou_cost(x: F) -> float:
         anchors = torch.tensor(np.asarray(x), dtype=torch.float32).reshape(-1, 2)
-        ious = _bbox_overlaps(bboxes, _centred_xyxy(anchors))
+        ious = box_iou(bboxes, _centred_xyxy(anchors))
         return float(1 - ious.max(dim=1)[0].mean().item())
 
     res = differential_evolution(

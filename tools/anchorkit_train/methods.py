@@ -105,7 +105,7 @@ class TrainModel(nn.Module):
             )
             self.priors = AnchorPriors(STRIDES, 4.0, 1, [1.0])
             self.loss_kind, self.stds, self.iou_thr = "atss", ATSS_STDS, 0.6
-        elif method in ("freeanchor", "freeanchor_learned"):
+        elif method in ("freeanchor", "freeanchor_learned", "retina", "retina_learned"):
             learned = method.endswith("learned")
             head = HeadConfig(
                 num_classes,
@@ -117,20 +117,9 @@ class TrainModel(nn.Module):
             self.priors = (
                 LearnedAnchorPriors(retina_anchors) if learned else retina_anchors
             )
-            self.loss_kind, self.stds, self.iou_thr = "freeanchor", FREEANCHOR_STDS, 0.5
-        elif method in ("retina", "retina_learned"):
-            learned = method.endswith("learned")
-            head = HeadConfig(
-                num_classes,
-                9,
-                shiftless_bn_wh=learned and shiftless_bn,
-                feat=size.feat,
-                stacked=size.stacked,
-            )
-            self.priors = (
-                LearnedAnchorPriors(retina_anchors) if learned else retina_anchors
-            )
-            self.loss_kind, self.stds, self.iou_thr = "retina", RETINA_STDS, 0.5
+            kind = method.removesuffix("_learned")
+            stds = FREEANCHOR_STDS if kind == "freeanchor" else RETINA_STDS
+            self.loss_kind, self.stds, self.iou_thr = kind, stds, 0.5
         else:
             head = HeadConfig(
                 num_classes,

@@ -20,23 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+
+from tools.coco_eval_ref import STAT_NAMES, cocoeval, stats_by_name
 
 DEFAULT_ANN = Path("../shared/data/coco-val2017/instances_subset.json")
-STAT_NAMES = (
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-)
 
 
 def coco_results(jsonl: Path, gt: COCO) -> tuple[list[dict[str, Any]], list[str]]:
@@ -92,12 +79,8 @@ def evaluate(
             )
         if not results:
             return dict.fromkeys(STAT_NAMES, 0.0)
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {n: float(v) for n, v in zip(STAT_NAMES, ev.stats, strict=True)}
+        ev = cocoeval(gt, results)
+    return stats_by_name(ev)
 
 
 def main(argv: list[str] | None = None) -> int:
