@@ -2,7 +2,8 @@
 
     tools/.venv/bin/python -m tools.quantize --model M.onnx --calib DIR [--calib-list FILE]
         [--num N] [--seed S] [--per-channel] [--exclude-heads]
-        [--method minmax|entropy|percentile] [--percentile P] [--spec S] --out M.int8.onnx
+        [--method minmax|entropy|percentile] [--percentile P] [--num-bins B] [--spec S]
+        [--eval-voc ROOT [--eval-split test]] --out M.int8.onnx
     tools/.venv/bin/python -m tools.quantize --model M.onnx --fp16 --out M.fp16.onnx
 
 INT8: ONNX Runtime's static quantization (`onnxruntime.quantization.quantize_static`,
@@ -19,6 +20,9 @@ FP32 (the usual remedy when INT8 hurts small objects).
 FP16: `onnxruntime.transformers.float16.convert_float_to_float16` with `keep_io_types`, so the
 graph's inputs and outputs stay float32 and the spec is unchanged; meant for GPU providers.
 
+`--eval-voc ROOT` measures the output's COCO AP on a VOC split (`--eval-split`, default test)
+with the project's reference pipeline and records it as `provenance.quantization.test_metrics`.
+
 The output carries the spec (ONNX metadata key `anchorkit.detector`, taken from the model or
 `--spec`) with `provenance.quantization` added (method, calibration images, seed, ONNX Runtime
 version, parent file and SHA-256) and the parent's provenance under `provenance.parent`. It is
@@ -30,6 +34,7 @@ reported, output still written), 2 usage / model / spec error (nothing written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +51,16 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
+from onnx import version_converter
+from onnxruntime.capi.onnxruntime_pybind11_state import (
+    Fail,
+    InvalidArgument,
+    InvalidGraph,
+    RuntimeException,
+)
+from onnxruntime.capi.onnxruntime_pybind11_state import (
+    NotImplemented as OrtNotImplemented,
+)
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -53,11 +68,22 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .reference.detect import IMAGE_EXTS
 from .reference.preprocess import ImageError, load_image, preprocess
 from .reference.spec import METADATA_KEY, DetectorSpec, SpecError, parse_spec
+
+# What onnxruntime raises for a model it cannot load or run.
+ORT_ERRORS = (
+    Fail,
+    InvalidArgument,
+    InvalidGraph,
+    OrtNotImplemented,
+    RuntimeException,
+    RuntimeError,
+)
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -84,6 +110,14 @@ PASS_THROUGH = {
 }
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+# Target bins of the entropy (KL divergence) search: 128, as ONNX Runtime's default and
+# TensorRT's calibrator (Migacz, "8-bit Inference with TensorRT", GTC 2017).
+ENTROPY_QUANTIZED_BINS = 128
+
+# QuantizeLinear/DequantizeLinear with per-channel `axis` exist from opset 13; older models
+# are converted (`onnx.version_converter`) first.
+MIN_QDQ_OPSET = 13
 
 
 class QuantizeError(ValueError):
@@ -255,6 +289,14 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset of the default (`ai.onnx`) domain."""
+    return max(
+        (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        default=0,
+    )
+
+
 def drop_unused_opsets(model: onnx.ModelProto) -> None:
     """Removes opset imports of domains no node uses (graph optimization lists every domain
     ONNX Runtime knows); the default domain always stays."""
@@ -292,7 +334,12 @@ def check_loads(
     """Loads `path` in ONNX Runtime (CPU), checks every spec output is a graph output and, with
     `probe`, runs it once and checks the outputs are finite. Raises `QuantizeError`."""
     parsed = parse_spec(spec, str(path))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except ORT_ERRORS as e:
+        raise QuantizeError(
+            f"the converted model does not load in ONNX Runtime: {e}"
+        ) from None
     names = {o.name for o in sess.get_outputs()}
     missing = [n for n in spec_outputs(parsed) if n not in names]
     if missing:
@@ -330,12 +377,14 @@ def save_atomic(model: onnx.ModelProto, out: Path) -> None:
 
 @dataclass(frozen=True)
 class Int8Options:
-    """Static INT8 settings; `percentile` applies to `method == "percentile"` only."""
+    """Static INT8 settings; `percentile` applies to `method == "percentile"`, `num_bins`
+    (histogram bins) to entropy and percentile."""
 
     method: str = "minmax"
     per_channel: bool = False
     exclude_heads: bool = False
     percentile: float = 99.999
+    num_bins: int = 512
 
 
 def quantize_int8(
@@ -348,6 +397,13 @@ def quantize_int8(
     """Static QDQ quantization of `model_path` calibrated on `cal`; returns the model (spec not
     yet attached) and the provenance note's technical part (excluded nodes, op counts)."""
     parsed = parse_spec(spec, str(model_path))
+    src = onnx.load(str(model_path))
+    opset = default_opset(src)
+    if opset < MIN_QDQ_OPSET:
+        # Per-channel DequantizeLinear (`axis`) needs opset 13.
+        src = version_converter.convert_version(src, MIN_QDQ_OPSET)
+        model_path = workdir / "opset.onnx"
+        onnx.save(src, str(model_path))
     pre = workdir / "pre.onnx"
     quant_pre_process(str(model_path), str(pre))
     excluded = (
@@ -355,22 +411,25 @@ def quantize_int8(
         if opts.exclude_heads
         else []
     )
-    extra: dict[str, Any] = {}
-    if opts.method == "percentile":
-        extra["CalibPercentile"] = opts.percentile
+    reader = _Reader(parsed.input.name, cal.tensors)
+    cache = None
+    if opts.method != "minmax":
+        cache = workdir / "ranges.json"
+        calibrate_histogram(pre, reader, opts, workdir, cache)
     q = workdir / "q.onnx"
-    quantize_static(
-        str(pre),
-        str(q),
-        _Reader(parsed.input.name, cal.tensors),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=opts.per_channel,
-        calibrate_method=METHODS[opts.method],
-        nodes_to_exclude=excluded,
-        extra_options=extra,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # ORT prints progress on stdout
+        quantize_static(
+            str(pre),
+            str(q),
+            None if cache else reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=opts.per_channel,
+            calibrate_method=METHODS[opts.method],
+            nodes_to_exclude=excluded,
+            calibration_cache_path=cache,
+        )
     m = onnx.load(str(q))
     drop_unused_opsets(m)
     counts = op_counts(m)
@@ -381,11 +440,54 @@ def quantize_int8(
         + ("per channel)" if opts.per_channel else "per tensor)"),
         "method": opts.method,
         "fp32_nodes": excluded,
+        "opset": f"{opset} -> {max(opset, MIN_QDQ_OPSET)}",
         "qdq_nodes": sum(counts.get(k, 0) for k in QDQ_OPS),
     }
+    if opts.method != "minmax":
+        tech["histogram_bins"] = opts.num_bins
     if opts.method == "percentile":
         tech["percentile"] = opts.percentile
+    if opts.method == "entropy":
+        tech["quantized_bins"] = ENTROPY_QUANTIZED_BINS
     return m, tech
+
+
+def calibrate_histogram(
+    pre: Path,
+    reader: CalibrationDataReader,
+    opts: Int8Options,
+    workdir: Path,
+    cache: Path,
+) -> None:
+    """Entropy / percentile activation ranges written as an ONNX Runtime calibration cache.
+
+    `quantize_static` builds these calibrators with `num_bins = num_quantized_bins = 128` for
+    entropy, which leaves a single candidate threshold (the full range, i.e. min/max), so they
+    are built here with `opts.num_bins` histogram bins (`calibrate.py` `create_calibrator`,
+    `HistogramCollector`). Both methods search a threshold symmetric around 0; each range is
+    clipped to the observed [min, max] (as ONNX Runtime's percentile method does), so a
+    post-ReLU tensor keeps its lower bound 0 and the whole uint8 range.
+    """
+    extra: dict[str, Any] = {"num_bins": opts.num_bins, "symmetric": True}
+    if opts.method == "entropy":
+        extra["num_quantized_bins"] = ENTROPY_QUANTIZED_BINS
+    else:
+        extra["percentile"] = opts.percentile
+    calibrator = create_calibrator(
+        pre,
+        augmented_model_path=str(workdir / "augmented.onnx"),
+        calibrate_method=METHODS[opts.method],
+        extra_options=extra,
+    )
+    with contextlib.redirect_stdout(sys.stderr):
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+    for name, hist in calibrator.collector.histogram_dict.items():
+        d = ranges.data[name]
+        lo, hi = hist[2], hist[3]
+        d.lowest = np.asarray(max(d.lowest, lo), dtype=d.lowest.dtype)
+        d.highest = np.asarray(min(d.highest, hi), dtype=d.highest.dtype)
+    save_tensors_data(ranges, cache)
 
 
 def convert_fp16(model_path: Path) -> onnx.ModelProto:
@@ -395,6 +497,30 @@ def convert_fp16(model_path: Path) -> onnx.ModelProto:
     m = onnx.load(str(model_path))
     out: onnx.ModelProto = convert_float_to_float16(m, keep_io_types=True)
     return out
+
+
+def evaluate_voc(
+    model: Path, spec: dict[str, Any], root: Path, split: str
+) -> dict[str, Any]:
+    """pycocotools AP of `model` on a VOC split with the project's reference pipeline
+    (`tools.anchorkit_train.evaluate`: spec preprocessing, mmdet post-processing), ONNX
+    Runtime CPU. Raises `QuantizeError` for a missing split or annotation."""
+    from .anchorkit_train.data import load_voc
+    from .anchorkit_train.evaluate import coco_eval, detect_all
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    inp = spec["input"]["name"]
+
+    def infer(x: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
+        return dict(zip(names, sess.run(None, {inp: x}), strict=True))
+
+    classes = tuple(spec["classes"])
+    try:
+        recs = load_voc(root, split, classes)
+    except (OSError, ValueError) as e:
+        raise QuantizeError(f"--eval-voc: {e}") from None
+    return coco_eval(recs, detect_all(spec, infer, recs), classes)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -436,6 +562,18 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--percentile", type=float, default=99.999, help="for --method percentile"
     )
+    ap.add_argument(
+        "--eval-voc",
+        type=Path,
+        help="VOC root: measure the output's AP on --eval-split and record it",
+    )
+    ap.add_argument("--eval-split", default="test", help="VOC split for --eval-voc")
+    ap.add_argument(
+        "--num-bins",
+        type=int,
+        default=512,
+        help="histogram bins for entropy / percentile (default 512)",
+    )
     return ap
 
 
@@ -471,6 +609,10 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
             raise QuantizeError("INT8 needs --calib DIR (or pass --fp16)")
         if a.num < 1:
             raise QuantizeError("--num must be at least 1")
+        if a.num_bins < 2 * ENTROPY_QUANTIZED_BINS:
+            raise QuantizeError(
+                f"--num-bins must be at least {2 * ENTROPY_QUANTIZED_BINS}"
+            )
         if not 0.0 < a.percentile <= 100.0:
             raise QuantizeError("--percentile must be in (0, 100]")
         files = image_files(a.calib, a.calib_list)
@@ -497,7 +639,9 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
                 a.model,
                 spec,
                 cal,
-                Int8Options(a.method, a.per_channel, a.exclude_heads, a.percentile),
+                Int8Options(
+                    a.method, a.per_channel, a.exclude_heads, a.percentile, a.num_bins
+                ),
                 Path(td),
             )
         note.update(tech)
@@ -516,6 +660,17 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
         trial = Path(td) / "check.onnx"
         onnx.save(m, str(trial))
         check_loads(trial, out_spec, probe)
+        if a.eval_voc is not None:
+            metrics = evaluate_voc(trial, out_spec, a.eval_voc, a.eval_split)
+            note["test_metrics"] = metrics
+            note["test_split"] = f"{a.eval_voc} {a.eval_split}"
+            out_spec = derived_spec(spec, note)
+            with_spec(m, out_spec)
+            print(
+                f"{a.eval_split}: AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}, per-class "
+                f"AP50 {json.dumps(metrics['per_class_AP50'])}",
+                file=sys.stderr,
+            )
     save_atomic(m, a.out)
     counts = op_counts(m)
     print(
