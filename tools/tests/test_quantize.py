@@ -262,3 +262,21 @@ def test_committed_int8_twins_are_calibrated_on_trainval_only(name: str) -> None
     assert stems and stems <= set(split("trainval")) and not stems & set(split("test"))
     assert q["parent"] == parent.name and q["parent_sha256"] == sha256(parent)
     load_spec(twin)
+
+
+def test_models_md_lists_twins_beside_their_parents(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tools.anchorkit_train import models_md
+
+    twin = ROOT / "models" / "bccd_atss.int8.onnx"
+    if not twin.is_file():
+        pytest.skip(f"{twin} not committed")
+    assert models_md.main([str(MODEL), str(twin)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    main_rows = [r for r in out if r.startswith("| `bccd_atss.onnx`")]
+    twin_rows = [r for r in out if r.startswith("| `bccd_atss.int8.onnx`")]
+    assert len(main_rows) == 1 and len(twin_rows) == 1, out
+    # Parent AP50 / INT8 AP50, both as recorded in the specs.
+    assert "| 0.869 / 0.874 |" in twin_rows[0], twin_rows[0]
+    assert "64 of 292 images (seed 0)" in twin_rows[0]
