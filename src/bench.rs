@@ -171,6 +171,10 @@ pub struct BenchReport {
     /// Machine description.
     #[serde(default)]
     pub machine: BTreeMap<String, serde_json::Value>,
+    /// The model's precision (`FP32`, `FP16`, `INT8 (QDQ)`; see [`crate::precision`]), when
+    /// known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 fn one() -> usize {
@@ -241,6 +245,13 @@ impl BenchReport {
             "vs baseline {} ({}): ratio = baseline / this (>1: this is faster)\n",
             base.tool, base.model
         );
+        if let (Some(b), Some(t)) = (&base.precision, &self.precision)
+            && b != t
+        {
+            s.push_str(&format!(
+                "precision: baseline {b}, this {t}: the ratios below are {b} / {t}\n"
+            ));
+        }
         s.push_str(&format!(
             "{:<12} {:>9} {:>9} {:>9} {:>9}\n",
             "stage", "mean", "p50", "p90", "p99"

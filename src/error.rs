@@ -32,6 +32,9 @@ pub enum Error {
         line: Option<usize>,
         msg: String,
     },
+    /// A model file is not a readable ONNX protobuf.
+    #[error("{path}: ONNX model: {msg}")]
+    Model { path: PathBuf, msg: String },
     /// An argument or in-memory input is invalid.
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -60,6 +60,7 @@ pub mod head;
 pub mod nms;
 pub mod output;
 pub mod postprocess;
+pub mod precision;
 pub mod preprocess;
 pub mod progress;
 pub mod runtime;

@@ -554,6 +554,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bare_run,
         ep_check,
         machine,
+        precision: anchorkit::precision::read(&model)
+            .ok()
+            .map(|g| g.precision().to_string()),
     };
     print!("{}", report.table());
     if let Some(p) = &args.baseline {

@@ -82,6 +82,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             opts.threads.to_string()
         }
     );
+    match anchorkit::precision::read(&args.model) {
+        Ok(g) => println!("precision: {}", g.describe()),
+        Err(e) => println!("precision: unknown ({e})"),
+    }
     let meta = runtime::metadata_spec(&session);
     let resolved = spec::resolve(&args.model, args.spec.as_deref(), meta.as_deref());
     let checked = resolved.and_then(|(s, src)| {

@@ -2,6 +2,9 @@
 the documented numbers are exactly the ones measured at export time.
 
     tools/.venv/bin/python -m tools.anchorkit_train.models_md models/bccd_*.onnx
+
+Models written by `tools.quantize` (`provenance.quantization`) go to a second table, their
+metrics beside their FP32 parent's.
 """
 
 from __future__ import annotations
@@ -72,17 +75,71 @@ def row(path: Path) -> str:
     )
 
 
+def quantization(path: Path) -> dict[str, Any] | None:
+    """`provenance.quantization` of a model written by `tools.quantize`, else None."""
+    m = onnx.load(str(path), load_external_data=False)
+    spec = json.loads(next(p.value for p in m.metadata_props if p.key == METADATA_KEY))
+    q = (spec.get("provenance") or {}).get("quantization")
+    return dict(q) if isinstance(q, dict) else None
+
+
+def twin_row(path: Path, q: dict[str, Any]) -> str:
+    """One row of the quantized-models table: INT8 (or FP16) metrics next to the parent's,
+    both as recorded in the specs (the child's by `tools.quantize --eval-voc`)."""
+    parent = path.parent / q["parent"]
+    pm = json.loads(
+        next(
+            p.value
+            for p in onnx.load(str(parent)).metadata_props
+            if p.key == METADATA_KEY
+        )
+    )["provenance"]["test_metrics"]
+    t = q.get("test_metrics")
+    cal = q.get("calibration") or {}
+
+    def pair(a: float, b: float | None) -> str:
+        return f"{a:.3f} / {b:.3f}" if b is not None else f"{a:.3f} / ?"
+
+    cells = [
+        pair(pm["AP"], t["AP"] if t else None),
+        pair(pm["AP50"], t["AP50"] if t else None),
+    ]
+    for c, v in pm["per_class_AP50"].items():
+        cells.append(pair(v, t["per_class_AP50"][c] if t else None))
+    how = q.get("method", q.get("format", "?"))
+    if cal:
+        how += f", {cal['images']} of {cal['available']} images (seed {cal['seed']})"
+    return (
+        f"| `{path.name}` | `{parent.name}` | {q.get('format', '?')} | {how} | "
+        f"{parent.stat().st_size / 1e6:.2f} / {path.stat().st_size / 1e6:.2f} MB | "
+        + " | ".join(cells)
+        + " |"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("models", type=Path, nargs="+")
     a = ap.parse_args(argv)
+    twins = [(p, quantization(p)) for p in a.models]
     print(
         "| model | method | anchors | params | input | schedule | training command "
         "| wall | AP | AP50 | AP75 | AP50 RBC | AP50 WBC | AP50 Platelets |"
     )
     print("|" + "---|" * 14)
-    for p in a.models:
-        print(row(p))
+    for p, q in twins:
+        if q is None:
+            print(row(p))
+    quantized = [(p, q) for p, q in twins if q is not None]
+    if quantized:
+        print()
+        print(
+            "| quantized model | parent | format | calibration | size parent / this "
+            "| AP parent / this | AP50 | AP50 RBC | AP50 WBC | AP50 Platelets |"
+        )
+        print("|" + "---|" * 10)
+        for p, q in quantized:
+            print(twin_row(p, q))
     return 0
 
 
