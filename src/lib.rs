@@ -18,6 +18,7 @@ pub mod output;
 pub mod postprocess;
 pub mod preprocess;
 pub mod runtime;
+pub mod shapes;
 pub mod spec;
 
 pub use detector::Detector;

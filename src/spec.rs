@@ -74,6 +74,13 @@ pub struct InputSpec {
     /// Resize implementation (mmcv `imresize(..., backend=...)`); default `cv2`.
     #[serde(default)]
     pub resize_backend: ResizeBackend,
+    /// Canonical padded input shapes `[width, height]` for GPU providers (keep-ratio models
+    /// with dynamic H/W): each input is padded bottom/right up to the first that holds it, and
+    /// each gets its own session. Absent: the padded maxima in landscape and portrait. Used
+    /// when shape bucketing is on (default on CUDA / TensorRT; `--shape-buckets`). Each entry
+    /// must be a multiple of `pad.size_divisor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape_buckets: Option<Vec<[u32; 2]>>,
 }
 
 /// Which bilinear resize produces the network input.
