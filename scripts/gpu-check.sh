@@ -17,6 +17,8 @@
 #   --iters N      measured iterations per bench (default 144)
 #   --quick        4 images, 4 iterations (argument and CPU-path check)
 #   --cpu-only     skip the GPU part even when a GPU is present
+#   --gpu-ep EP    provider of the GPU part (default cuda; `cpu` runs it on the CPU provider
+#                  as a smoke test of this script: no GPU figures)
 # Exit: 0 all GPU checks ran (see "failures" in the summary), 1 a check failed, 2 usage,
 # 3 no GPU (CPU parts only).
 set -uo pipefail
@@ -24,7 +26,7 @@ set -uo pipefail
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-}
-bin="" synth="" n=48 iters=144 quick=0 cpu_only=0
+bin="" synth="" n=48 iters=144 quick=0 cpu_only=0 gep=cuda
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=${2:?}; shift 2 ;;
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
     --iters) iters=${2:?}; shift 2 ;;
     --quick) quick=1; shift ;;
     --cpu-only) cpu_only=1; shift ;;
+    --gpu-ep) gep=${2:?}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu-check: unknown argument $1" >&2; echo "usage: see the header of $0" >&2; usage; exit 2 ;;
   esac
@@ -54,15 +57,24 @@ shared=$root/../shared
 steps=$out/steps.tsv
 : > "$steps"
 
-# step NAME CMD...: run, log to logs/NAME.log, record "NAME rc seconds" in steps.tsv
+# step NAME CMD...: run, log to logs/NAME.log, record "NAME rc seconds" in steps.tsv; with a
+# GPU, sample its used memory every 200 ms into logs/NAME.mem (peak per step: one session per
+# shape bucket costs memory)
+gpu=0
 step() {
   local name=$1; shift
-  local t0 t1 rc
+  local t0 t1 rc mon=""
+  if [ "$gpu" = 1 ]; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
+      > "$out/logs/$name.mem" 2>/dev/null &
+    mon=$!
+  fi
   t0=$(date +%s.%N)
   "$@" > "$out/logs/$name.log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$(echo "$t1 - $t0" | bc 2>/dev/null || echo 0)" >> "$steps"
+  if [ -n "$mon" ]; then kill "$mon" 2>/dev/null; wait "$mon" 2>/dev/null; fi
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" >> "$steps"
   printf 'gpu-check: %-40s rc %s\n' "$name" "$rc" >&2
   return $rc
 }
@@ -83,7 +95,7 @@ nd=$shared/models/nanodet-m-coco/nanodet-m-320.onnx
 if [ -z "$synth" ]; then
   for d in .gpu/synth target/synthetic-heads; do [ -f "$d/retina_synth.onnx" ] && synth=$d && break; done
 fi
-if [ -z "$synth" ] && [ -x tools/.venv/bin/python ]; then
+if [ -z "$synth" ] && [ "$quick" = 0 ] && [ -x tools/.venv/bin/python ]; then
   synth=$out/synth
   step make_synthetic_heads tools/.venv/bin/python tools/make_synthetic_heads.py --out "$synth" --kinds retina || synth=""
 fi
@@ -95,17 +107,20 @@ fi
 
 spec_args() { [ "$1" = - ] && return 0; printf -- '--spec\n%s\n' "$1"; }
 
-# GPU present? nvidia-smi sees one and a CUDA session registers
-gpu=0 reason=""
+# GPU present? nvidia-smi sees one and a CUDA session registers. `run_gpu_part` = 1 when the
+# GPU part runs (on `gep`); `gpu` = 1 when that is a real GPU (memory sampling).
+reason="" run_gpu_part=0
 if [ "$cpu_only" = 1 ]; then
   reason="no GPU check requested (--cpu-only)"
+elif [ "$gep" = cpu ]; then
+  run_gpu_part=1 reason="no GPU part on a GPU: --gpu-ep cpu (script smoke test)"
 elif ! nvidia-smi -L > "$out/logs/nvidia-smi.log" 2>&1; then
   reason="no GPU: nvidia-smi failed or is absent"
 else
   IFS='|' read -r _ m s _ <<< "${models[0]}"
   mapfile -t sa < <(spec_args "$s")
   if step inspect_cuda_probe "$bin" inspect --model "$m" "${sa[@]}" --ep cuda; then
-    gpu=1
+    gpu=1 run_gpu_part=1
   else
     reason="no GPU: CUDAExecutionProvider did not register (see logs/inspect_cuda_probe.log)"
   fi
@@ -126,13 +141,12 @@ for entry in "${models[@]}"; do
     "${bench_common[@]}" --json "$out/reports/${name}_cpu.json"
 done
 
-if [ "$gpu" = 1 ]; then
+if [ "$run_gpu_part" = 1 ]; then
   for entry in "${models[@]}"; do
     IFS='|' read -r name m s imgs kr dynb <<< "$entry"
     mapfile -t sa < <(spec_args "$s")
-    b=("$bin" bench --model "$m" "${sa[@]}" --ep cuda --images "$imgs" "${bench_common[@]}")
-    step "inspect_$name" "$bin" inspect --model "$m" "${sa[@]}" --ep cuda
-    # GPU memory while the benches run (peak per run: one session per bucket costs memory)
+    b=("$bin" bench --model "$m" "${sa[@]}" --ep "$gep" --images "$imgs" "${bench_common[@]}")
+    step "inspect_$name" "$bin" inspect --model "$m" "${sa[@]}" --ep "$gep"
     step "bench_${name}_seq_strict" "${b[@]}" --strict-ep --json "$out/reports/${name}_seq_strict.json"
     step "bench_${name}_pipeline" "${b[@]}" --pipeline --workers 4 --json "$out/reports/${name}_pipeline.json"
     step "bench_${name}_pipeline6" "${b[@]}" --pipeline --workers 6 --json "$out/reports/${name}_pipeline6.json"
@@ -150,15 +164,18 @@ if [ "$gpu" = 1 ]; then
         --json "$out/reports/${name}_buckets_off.json"
       step "bench_${name}_buckets_off_pipeline" "${b[@]}" --shape-buckets off --pipeline --workers 4 \
         --json "$out/reports/${name}_buckets_off_pipeline.json"
-      step "bench_${name}_buckets_off_exhaustive" "${b[@]}" --shape-buckets off \
-        --cudnn-conv-algo-search exhaustive --iters 24 \
+      # varying shapes with cuDNN's exhaustive search (ONNX Runtime's own default): slow,
+      # so a short run
+      step "bench_${name}_buckets_off_exhaustive" "$bin" bench --model "$m" "${sa[@]}" --ep "$gep" \
+        --images "$imgs" --iters "$(( iters < 24 ? iters : 24 ))" --warmup 1 --rounds 1 \
+        --shape-buckets off --cudnn-conv-algo-search exhaustive \
         --json "$out/reports/${name}_buckets_off_exhaustive.json"
     fi
     step "bench_${name}_tf32" "${b[@]}" --tf32 on --json "$out/reports/${name}_tf32.json"
-    step "detect_${name}_cuda" "$bin" detect --model "$m" "${sa[@]}" --ep cuda --tf32 off \
+    step "detect_${name}_cuda" "$bin" detect --model "$m" "${sa[@]}" --ep "$gep" --tf32 off \
       --jsonl "$out/dets/${name}_cuda.jsonl" "$imgs"
     if [ "$dynb" = 1 ]; then
-      step "detect_${name}_cuda_batch8" "$bin" detect --model "$m" "${sa[@]}" --ep cuda --batch 8 \
+      step "detect_${name}_cuda_batch8" "$bin" detect --model "$m" "${sa[@]}" --ep "$gep" --batch 8 \
         --jsonl "$out/dets/${name}_cuda_b8.jsonl" "$imgs"
     fi
   done
@@ -166,13 +183,19 @@ if [ "$gpu" = 1 ]; then
 fi
 
 # the summary
-python3 - "$out" "$gpu" "$reason" "$bin" <<'PY'
+python3 - "$out" "$gpu" "$reason" "$bin" "$root" "$run_gpu_part" "$gep" <<'PY'
 import json, os, sys, datetime, platform
-out, gpu, reason, binary = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4]
+out, gpu, reason, binary, root = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4], sys.argv[5]
+run_gpu_part, gpu_ep = sys.argv[6] == "1", sys.argv[7]
 steps = {}
 for line in open(os.path.join(out, "steps.tsv")):
     name, rc, sec = line.rstrip("\n").split("\t")
     steps[name] = {"rc": int(rc), "seconds": round(float(sec or 0), 2)}
+    mem = os.path.join(out, "logs", name + ".mem")
+    if os.path.isfile(mem):
+        vals = [int(v) for v in open(mem).read().split() if v.strip().isdigit()]
+        if vals:
+            steps[name]["gpu_mem_peak_mib"] = max(vals)
 
 def report(name):
     p = os.path.join(out, "reports", name + ".json")
@@ -196,35 +219,21 @@ def report(name):
         s["share_of_bare"] = (r["throughput_ips"] / bare["throughput_ips"]) if bare.get("throughput_ips") else None
     return s
 
-def dets(p):
-    if not os.path.isfile(p):
-        return None
-    return {json.loads(l)["image"]: json.loads(l)["detections"] for l in open(p) if l.strip()}
+sys.path.insert(0, os.path.join(root, "scripts"))
+from compare_dets import agreement as compare, load  # noqa: E402
 
-def agreement(a, b):
-    """Detections of b against reference a: same class at the same rank, score diffs."""
-    if a is None or b is None:
+
+def agreement(ref_path, other_path):
+    if not (os.path.isfile(ref_path) and os.path.isfile(other_path)):
         return None
-    n_a = n_b = same = within = 0
-    max_diff = 0.0
-    for img, da in a.items():
-        db = b.get(img, [])
-        n_a += len(da); n_b += len(db)
-        for x, y in zip(da, db):
-            if x["class_id"] == y["class_id"]:
-                same += 1
-                d = abs(x["score"] - y["score"])
-                max_diff = max(max_diff, d)
-                within += d <= 1e-4
-    return {"images": len(a), "ref_detections": n_a, "detections": n_b,
-            "same_class_and_rank": same, "same_class_and_rank_share": same / max(n_a, 1),
-            "score_within_1e-4_share": within / max(n_a, 1), "max_score_diff": max_diff}
+    return compare(load(ref_path), load(other_path))
 
 models = sorted({k.split("_", 2)[2] for k in steps if k.startswith("cpu_detect_")})
 summary = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "machine": {"host": platform.node(), "cpus": os.cpu_count()},
     "binary": binary, "gpu": gpu, "skipped": "" if gpu else reason,
+    "gpu_part_ep": gpu_ep if run_gpu_part else None,
     "cpu": {}, "gpu_results": {}, "steps": steps, "failures": [],
 }
 smi = os.path.join(out, "logs", "nvidia-smi.log")
@@ -234,16 +243,16 @@ for m in models:
     summary["cpu"][m] = {"ok": steps.get("cpu_detect_" + m, {}).get("rc") == 0
                          and steps.get("cpu_bench_" + m, {}).get("rc") == 0,
                          "bench": report(m + "_cpu")}
-    if gpu:
+    if run_gpu_part:
         g = {k[len(m) + 1:]: report(k) for k in
              [m + s for s in ("_seq_strict", "_pipeline", "_pipeline6", "_batch1", "_batch4", "_batch8",
                               "_buckets_off", "_buckets_off_pipeline", "_buckets_off_exhaustive", "_tf32")]}
         g = {k: v for k, v in g.items() if v is not None}
         g["strict_ep_passed"] = steps.get(f"bench_{m}_seq_strict", {}).get("rc") == 0
-        g["cuda_vs_cpu"] = agreement(dets(os.path.join(out, "dets", m + "_cpu.jsonl")),
-                                     dets(os.path.join(out, "dets", m + "_cuda.jsonl")))
-        g["cuda_batch8_vs_batch1"] = agreement(dets(os.path.join(out, "dets", m + "_cuda.jsonl")),
-                                               dets(os.path.join(out, "dets", m + "_cuda_b8.jsonl")))
+        d = os.path.join(out, "dets")
+        g["cuda_vs_cpu"] = agreement(os.path.join(d, m + "_cpu.jsonl"), os.path.join(d, m + "_cuda.jsonl"))
+        g["cuda_batch8_vs_batch1"] = agreement(os.path.join(d, m + "_cuda.jsonl"),
+                                               os.path.join(d, m + "_cuda_b8.jsonl"))
         summary["gpu_results"][m] = g
 for name, s in steps.items():
     expect_fail = name.endswith("_refused")
@@ -257,6 +266,7 @@ sys.exit(0 if not summary["failures"] else 1)
 PY
 rc=$?
 if [ "$gpu" != 1 ]; then
+  [ "$rc" != 0 ] && echo "gpu-check: failed steps (see the summary's \"failures\")" >&2
   echo "gpu-check: $reason; ran the CPU parts only (exit 3)" >&2
   exit 3
 fi

@@ -89,6 +89,12 @@ impl Detector {
     /// and threads, then finds and validates the spec (`spec_override`, else ONNX metadata, else
     /// a sidecar `<model>.json`).
     ///
+    /// On GPU providers the spec is read first (through a CPU session) because it decides the
+    /// session options: shape buckets ([`crate::shapes`], `rt.shape_buckets`) with one session
+    /// per bucket, the cuDNN algorithm search when `rt.conv_algo_search` is `None` (exhaustive
+    /// when each session sees one shape, `default` when shapes vary) and, for TensorRT, the
+    /// optimization profile ([`crate::shapes::trt_profile`]) unless `rt.trt_profile` is set.
+    ///
     /// Errors: [`Error::Runtime`] / [`Error::ExecutionProvider`] from the runtime,
     /// [`Error::Spec`] for a missing spec or one that disagrees with the graph.
     pub fn load(
@@ -424,6 +430,9 @@ impl Detector {
     }
 }
 
+/// One image's result in a batch: its geometry, detections and stage times.
+pub type BatchItem = Result<(ImageMeta, Vec<Detection>, StageTimes)>;
+
 /// Raw head outputs of one run, owned: ONNX Runtime's own output values (reference-counted,
 /// not copied) with the image geometry. `Send`, so a pipeline can post-process them on another
 /// thread ([`PostProcessor`]) while the session already runs the next image.
@@ -575,13 +584,9 @@ impl Detector {
     /// Returns one result per image, in order, with its geometry and stage times (inference:
     /// the run's time divided by the images in it). An error of one image (preprocessing) or
     /// one run (all its images) does not stop the others.
-    pub fn detect_batch(
-        &mut self,
-        imgs: &[&RgbImage],
-    ) -> Vec<Result<(ImageMeta, Vec<Detection>, StageTimes)>> {
+    pub fn detect_batch(&mut self, imgs: &[&RgbImage]) -> Vec<BatchItem> {
         let mut prepared: Vec<Option<(Vec<f32>, ImageMeta, Duration)>> = vec![];
-        let mut results: Vec<Option<Result<(ImageMeta, Vec<Detection>, StageTimes)>>> =
-            (0..imgs.len()).map(|_| None).collect();
+        let mut results: Vec<Option<BatchItem>> = (0..imgs.len()).map(|_| None).collect();
         for (i, img) in imgs.iter().enumerate() {
             let t = Instant::now();
             match self.pre.run(img) {

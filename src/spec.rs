@@ -621,6 +621,23 @@ impl DetectorSpec {
         if self.input.pad.size_divisor == 0 {
             return err("input.pad.size_divisor must be >= 1".into());
         }
+        if let Some(b) = &self.input.shape_buckets {
+            let d = self.input.pad.size_divisor;
+            if let Some([w, h]) = b
+                .iter()
+                .find(|[w, h]| *w == 0 || *h == 0 || w % d != 0 || h % d != 0)
+            {
+                return err(format!(
+                    "input.shape_buckets entry [{w}, {h}]: both sides must be positive \
+                     multiples of input.pad.size_divisor ({d})"
+                ));
+            }
+            if b.is_empty() {
+                return err(
+                    "input.shape_buckets is empty (omit it for the default buckets)".into(),
+                );
+            }
+        }
         let zero = match self.input.resize {
             ResizeRule::KeepRatio { scale } => scale[0] == 0 || scale[1] == 0,
             ResizeRule::Stretch { width, height } | ResizeRule::Letterbox { width, height, .. } => {

@@ -50,7 +50,13 @@ pub struct RuntimeArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub cudnn_conv_algo_search: Option<ConvAlgoSearch>,
     /// CUDA: TF32 tensor-core math (faster, detections differ slightly from the CPU's).
-    #[arg(long, value_name = "on|off", default_value = "off", value_parser = parse_on_off)]
+    #[arg(
+        long,
+        value_name = "on|off",
+        default_value = "off",
+        value_parser = parse_on_off,
+        action = clap::ArgAction::Set
+    )]
     pub tf32: bool,
 }
 
