@@ -10,7 +10,8 @@
 #
 # Options:
 #   --out DIR      summary and logs (default: $OUT, else ./gpu-check-out)
-#   --bin PATH     anchorkit binary (default: .gpu/run/anchorkit, target/release, target/debug)
+#   --bin PATH     anchorkit binary (default: the newest of .gpu/run/anchorkit,
+#                  target/release/anchorkit, target/debug/anchorkit)
 #   --synth DIR    directory with retina_synth.onnx (default: .gpu/synth, target/synthetic-heads;
 #                  generated with tools/make_synthetic_heads.py when absent and torch is there)
 #   --n N          images per set (default 48)
@@ -48,8 +49,9 @@ mkdir -p "$out/logs" "$out/reports" "$out/dets" "$out/images" || exit 2
 out=$(cd "$out" && pwd)
 cd "$root" || exit 2
 if [ -z "$bin" ]; then
+  # the newest of the bundled, release and debug binaries
   for b in .gpu/run/anchorkit target/release/anchorkit target/debug/anchorkit; do
-    if [ -x "$b" ]; then bin=$PWD/$b; break; fi
+    if [ -x "$b" ] && { [ -z "$bin" ] || [ "$b" -nt "$bin" ]; }; then bin=$PWD/$b; fi
   done
 fi
 [ -x "$bin" ] || { echo "gpu-check: no anchorkit binary (build it, or pass --bin PATH)" >&2; exit 2; }
