@@ -11,7 +11,7 @@
 //! TensorRT engine build) are reported apart and never mixed into the percentiles.
 
 use crate::error::{Error, Result};
-use crate::spec::{DetectorSpec, ResizeRule};
+use crate::spec::DetectorSpec;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -168,6 +168,10 @@ pub struct BenchReport {
     /// Node time per provider from the profile (empty if not verified).
     #[serde(default)]
     pub ep_check: Vec<EpShare>,
+    /// Node runs outside the requested provider by op type, each classified (deliberate CPU
+    /// shape node, copy, or fallback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ep_elsewhere: Vec<crate::runtime::profile::OpCount>,
     /// Machine description.
     #[serde(default)]
     pub machine: BTreeMap<String, serde_json::Value>,
@@ -290,113 +294,19 @@ pub fn read_report(path: &Path) -> Result<BenchReport> {
     })
 }
 
-/// Sums kernel time per provider over the `cat == "Node"` events whose name ends in
-/// `_kernel_time` in an ONNX Runtime profile (Chrome trace JSON written by `end_profiling`);
-/// shares sorted by time, largest first.
+/// Node time per provider in an ONNX Runtime profile (Chrome trace JSON written by
+/// `end_profiling`), largest first; see [`crate::runtime::profile`].
 ///
 /// Errors: [`Error::Io`], or [`Error::Runtime`] if the file is not a profile or has no node
 /// events.
 pub fn parse_profile(path: &Path) -> Result<Vec<EpShare>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Runtime(format!("{}: not a profile: {e}", path.display())))?;
-    let events = v
-        .as_array()
-        .ok_or_else(|| Error::Runtime(format!("{}: profile is not an array", path.display())))?;
-    let mut acc: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for e in events {
-        if e.get("cat").and_then(|c| c.as_str()) != Some("Node") {
-            continue;
-        }
-        let name = e.get("name").and_then(|n| n.as_str()).unwrap_or("");
-        if !name.ends_with("_kernel_time") {
-            continue;
-        }
-        let Some(p) = e
-            .get("args")
-            .and_then(|a| a.get("provider"))
-            .and_then(|p| p.as_str())
-        else {
-            continue;
-        };
-        let dur = e.get("dur").and_then(|d| d.as_u64()).unwrap_or(0);
-        let entry = acc.entry(p.to_string()).or_default();
-        entry.0 += 1;
-        entry.1 += dur;
-    }
-    if acc.is_empty() {
-        return Err(Error::Runtime(format!(
-            "{}: the profile has no node events",
-            path.display()
-        )));
-    }
-    let total: u64 = acc.values().map(|v| v.1).sum();
-    let mut out: Vec<EpShare> = acc
-        .into_iter()
-        .map(|(provider, (nodes, time_us))| EpShare {
-            provider,
-            nodes,
-            time_us,
-            share: if total > 0 {
-                time_us as f64 / total as f64
-            } else {
-                0.0
-            },
-        })
-        .collect();
-    out.sort_by(|a, b| b.time_us.cmp(&a.time_us).then(a.provider.cmp(&b.provider)));
-    Ok(out)
+    Ok(crate::runtime::profile::summarize_file(path, "")?.shares)
 }
 
-/// Checks that the requested provider ran the nodes: with `strict`, any node on
-/// `CPUExecutionProvider` when a GPU provider was requested is an error; otherwise a CPU share
-/// above zero is only reported by the caller.
-///
-/// Errors: [`Error::ExecutionProvider`] naming the share that fell back.
-pub fn check_ep(requested: &str, shares: &[EpShare], strict: bool) -> Result<()> {
-    if requested == "CPUExecutionProvider" || !strict {
-        return Ok(());
-    }
-    if let Some(cpu) = shares
-        .iter()
-        .find(|s| s.provider == "CPUExecutionProvider" && s.nodes > 0)
-    {
-        return Err(Error::ExecutionProvider {
-            ep: requested.to_string(),
-            msg: format!(
-                "{} node executions ({:.1}% of node time) ran on CPUExecutionProvider \
-                 (--strict-ep)",
-                cpu.nodes,
-                100.0 * cpu.share
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// TensorRT optimization profile `[min, opt, max]` for the spec's input, derived from its
-/// resize rule (batch 1 .. `batch`): fixed-size rules (stretch, letterbox) give one shape;
-/// keep-ratio to `(long, short)` with pad divisor d covers every aspect ratio, from
-/// `d x d` up to `L x L` where `L = ceil(long / d) * d`, optimal at the landscape
-/// `ceil(short / d) * d x L` (e.g. 800x1344 for mmdet's (1333, 800)).
+/// TensorRT optimization profile `[min, opt, max]` for the spec's input over every shape its
+/// resize rule produces (batch 1 .. `batch`); see [`crate::shapes::trt_profile`].
 pub fn trt_profile_shapes(spec: &DetectorSpec, batch: usize) -> [String; 3] {
-    let d = spec.input.pad.size_divisor.max(1);
-    let up = |v: u32| v.div_ceil(d) * d;
-    let name = &spec.input.name;
-    let b = batch.max(1);
-    let shape = |n: usize, h: u32, w: u32| format!("{name}:{n}x3x{h}x{w}");
-    match &spec.input.resize {
-        ResizeRule::Stretch { width, height } | ResizeRule::Letterbox { width, height, .. } => {
-            let (h, w) = (up(*height), up(*width));
-            [shape(1, h, w), shape(b, h, w), shape(b, h, w)]
-        }
-        ResizeRule::KeepRatio { scale } => {
-            let long = scale[0].max(scale[1]);
-            let short = scale[0].min(scale[1]);
-            let l = up(long);
-            [shape(1, d, d), shape(b, up(short), l), shape(b, l, l)]
-        }
-    }
+    crate::shapes::trt_profile(spec, batch, None)
 }
 
 /// A fixed synthetic RGB image of `w x h` (horizontal red ramp, vertical green ramp, 32-px
@@ -571,7 +481,7 @@ pub fn profile_providers(
     tensor: &[f32],
     hw: (usize, usize),
     runs: usize,
-) -> Result<Vec<EpShare>> {
+) -> Result<crate::runtime::profile::ProfileSummary> {
     let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let mut o = opts.clone();
     o.profile_prefix = Some(dir.path().join("anchorkit_profile"));
@@ -592,9 +502,9 @@ pub fn profile_providers(
         // ORT writes relative to the process's working directory.
         std::env::current_dir().unwrap_or_default().join(p)
     };
-    let shares = parse_profile(&p);
+    let summary = crate::runtime::profile::summarize_file(&p, o.ep.ort_name());
     let _ = std::fs::remove_file(&p);
-    shares
+    summary
 }
 
 #[cfg(test)]
@@ -631,9 +541,10 @@ mod tests {
         assert_eq!(s[0].provider, "CUDAExecutionProvider");
         assert_eq!(s[0].nodes, 1);
         assert!((s[0].share - 0.75).abs() < 1e-12);
-        let e = check_ep("CUDAExecutionProvider", &s, true).unwrap_err();
+        let sum = crate::runtime::profile::summarize_file(&p, "CUDAExecutionProvider").unwrap();
+        let e = sum.check("CUDAExecutionProvider", true).unwrap_err();
         assert!(e.to_string().contains("CPUExecutionProvider"), "{e}");
-        assert!(check_ep("CUDAExecutionProvider", &s, false).is_ok());
+        assert!(sum.check("CUDAExecutionProvider", false).is_ok());
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub mod precision;
 pub mod preprocess;
 pub mod progress;
 pub mod runtime;
+pub mod shapes;
 pub mod simd;
 pub mod spec;
 

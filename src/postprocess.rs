@@ -525,6 +525,7 @@ mod tests {
                 dynamic_hw: true,
                 exif_orientation: true,
                 resize_backend: Default::default(),
+                shape_buckets: None,
             },
             head: HeadSpec {
                 kind: if centerness {

@@ -246,6 +246,83 @@ pub fn plan(input: &InputSpec, orig_w: u32, orig_h: u32) -> ImageMeta {
     }
 }
 
+/// The padded tensor extents `(width, height)` the input's resize rule can produce, all taken
+/// from [`plan`]:
+/// * keep-ratio to `(long, short)`: the landscape maximum is the plan of a `long x short`
+///   image (e.g. 1344x800 for mmdet's (1333, 800) with divisor 32), the portrait maximum its
+///   transpose; the minimum is one divisor step (`d x d`).
+/// * stretch / letterbox: the one fixed size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShapeRange {
+    /// Smallest padded extent `(w, h)`.
+    pub min: (u32, u32),
+    /// Largest landscape padded extent `(w, h)`.
+    pub landscape: (u32, u32),
+    /// Largest portrait padded extent `(w, h)`.
+    pub portrait: (u32, u32),
+}
+
+impl ShapeRange {
+    /// `(max w, max h)` over both orientations: the square that holds every padded input.
+    pub fn max(&self) -> (u32, u32) {
+        (
+            self.landscape.0.max(self.portrait.0),
+            self.landscape.1.max(self.portrait.1),
+        )
+    }
+
+    /// Whether every input has the same padded extent (stretch, letterbox).
+    pub fn is_fixed(&self) -> bool {
+        self.min == self.landscape && self.landscape == self.portrait
+    }
+}
+
+/// The padded extents of `input`'s resize rule (see [`ShapeRange`]).
+pub fn shape_range(input: &InputSpec) -> ShapeRange {
+    let at = |w: u32, h: u32| {
+        let m = plan(input, w, h);
+        (m.input_w, m.input_h)
+    };
+    match &input.resize {
+        ResizeRule::KeepRatio { scale } => {
+            let long = scale[0].max(scale[1]).max(1);
+            let short = scale[0].min(scale[1]).max(1);
+            let d = input.pad.size_divisor.max(1);
+            ShapeRange {
+                min: (d, d),
+                landscape: at(long, short),
+                portrait: at(short, long),
+            }
+        }
+        ResizeRule::Stretch { .. } | ResizeRule::Letterbox { .. } => {
+            let f = at(1, 1);
+            ShapeRange {
+                min: f,
+                landscape: f,
+                portrait: f,
+            }
+        }
+    }
+}
+
+/// [`plan`], then the tensor extent padded further (bottom/right, with `pad.value` as mmdet's
+/// `Pad` does, so box coordinates are unchanged) to the first of `buckets` that holds it (see
+/// [`crate::shapes::ShapeBuckets::route`]); an image larger than every bucket keeps its own
+/// extent.
+pub fn plan_bucketed(
+    input: &InputSpec,
+    buckets: Option<&crate::shapes::ShapeBuckets>,
+    orig_w: u32,
+    orig_h: u32,
+) -> ImageMeta {
+    let mut meta = plan(input, orig_w, orig_h);
+    if let Some((w, h)) = buckets.and_then(|b| b.route(meta.input_w, meta.input_h)) {
+        meta.input_w = w;
+        meta.input_h = h;
+    }
+    meta
+}
+
 /// Reusable preprocessor: resize (the spec's [`ResizeBackend`]) + normalize + pad into an
 /// NCHW f32 tensor `[1, 3, input_h, input_w]` in the spec's channel order. Buffers are kept
 /// between calls, so steady-state runs do not allocate (the OpenCV backend rebuilds its
@@ -266,6 +343,8 @@ pub struct Preprocessor {
     lut: [[f32; 256]; 3],
     /// Normalized letterbox fill per tensor channel.
     letterbox_fill: [f32; 3],
+    /// Canonical padded shapes to pad every input up to (GPU shape buckets), if any.
+    buckets: Option<crate::shapes::ShapeBuckets>,
     meta: Option<ImageMeta>,
 }
 
@@ -302,8 +381,22 @@ impl Preprocessor {
             inv_std: inv_stds,
             lut,
             letterbox_fill,
+            buckets: None,
             meta: None,
         }
+    }
+
+    /// A preprocessor that pads every input further to its shape bucket
+    /// ([`plan_bucketed`]); `None` behaves as [`Preprocessor::new`].
+    pub fn with_buckets(input: &InputSpec, buckets: Option<crate::shapes::ShapeBuckets>) -> Self {
+        let mut p = Self::new(input);
+        p.buckets = buckets;
+        p
+    }
+
+    /// The shape buckets this preprocessor pads to, if any.
+    pub fn buckets(&self) -> Option<&crate::shapes::ShapeBuckets> {
+        self.buckets.as_ref()
     }
 
     /// The input spec this preprocessor was built for.
@@ -327,7 +420,12 @@ impl Preprocessor {
                 img.height()
             )));
         }
-        let meta = plan(&self.input, img.width(), img.height());
+        let meta = plan_bucketed(
+            &self.input,
+            self.buckets.as_ref(),
+            img.width(),
+            img.height(),
+        );
         self.tensor
             .resize(3 * meta.input_w as usize * meta.input_h as usize, 0.0);
         self.fill_padding(&meta);
@@ -515,6 +613,7 @@ mod tests {
             dynamic_hw: true,
             exif_orientation: true,
             resize_backend: Default::default(),
+            shape_buckets: None,
         }
     }
 

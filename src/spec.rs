@@ -74,6 +74,13 @@ pub struct InputSpec {
     /// Resize implementation (mmcv `imresize(..., backend=...)`); default `cv2`.
     #[serde(default)]
     pub resize_backend: ResizeBackend,
+    /// Canonical padded input shapes `[width, height]` for GPU providers (keep-ratio models
+    /// with dynamic H/W): each input is padded bottom/right up to the first that holds it, and
+    /// each gets its own session. Absent: the padded maxima in landscape and portrait. Used
+    /// when shape bucketing is on (default on CUDA / TensorRT; `--shape-buckets`). Each entry
+    /// must be a multiple of `pad.size_divisor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape_buckets: Option<Vec<[u32; 2]>>,
 }
 
 /// Which bilinear resize produces the network input.
@@ -614,6 +621,23 @@ impl DetectorSpec {
         }
         if self.input.pad.size_divisor == 0 {
             return err("input.pad.size_divisor must be >= 1".into());
+        }
+        if let Some(b) = &self.input.shape_buckets {
+            let d = self.input.pad.size_divisor;
+            if let Some([w, h]) = b
+                .iter()
+                .find(|[w, h]| *w == 0 || *h == 0 || w % d != 0 || h % d != 0)
+            {
+                return err(format!(
+                    "input.shape_buckets entry [{w}, {h}]: both sides must be positive \
+                     multiples of input.pad.size_divisor ({d})"
+                ));
+            }
+            if b.is_empty() {
+                return err(
+                    "input.shape_buckets is empty (omit it for the default buckets)".into(),
+                );
+            }
         }
         let zero = match self.input.resize {
             ResizeRule::KeepRatio { scale } => scale[0] == 0 || scale[1] == 0,

@@ -31,7 +31,9 @@ fn bare_run_and_profile_on_cpu() {
     let b = bench::bare_run(&mut s, "image", &tensor, (320, 320), 1, plan).unwrap();
     assert_eq!(b.latency.count, 5);
     assert!(b.throughput_ips > 0.0 && b.latency.p50_ms > 0.0);
-    let shares = bench::profile_providers(&model, &opts, "image", &tensor, (320, 320), 2).unwrap();
+    let summary = bench::profile_providers(&model, &opts, "image", &tensor, (320, 320), 2).unwrap();
+    assert!(summary.elsewhere.is_empty(), "{summary:?}");
+    let shares = summary.shares;
     assert_eq!(shares.len(), 1, "{shares:?}");
     assert_eq!(shares[0].provider, "CPUExecutionProvider");
     assert!(shares[0].nodes > 20 && (shares[0].share - 1.0).abs() < 1e-12);

@@ -48,5 +48,6 @@ pub fn mmdet_input() -> anchorkit::spec::InputSpec {
         dynamic_hw: true,
         exif_orientation: true,
         resize_backend: Default::default(),
+        shape_buckets: None,
     }
 }

@@ -8,10 +8,9 @@ use anchorkit::bench::{self, BenchReport, Plan, Recorder};
 use anchorkit::detector::Detector;
 use anchorkit::preprocess::{self, ImageMeta, Preprocessor};
 use anchorkit::runtime::{self, Ep};
-use anchorkit::spec::DetectorSpec;
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -34,8 +33,9 @@ pub struct Args {
     synthetic: String,
     #[command(flatten)]
     rt: RuntimeArgs,
-    /// Images per `Session::run` in the bare-inference measurement (the graph must accept a
-    /// dynamic batch); the pipeline stages run per image.
+    /// Images per `Session::run`, in the measured loop (decode and preprocess per image, one
+    /// batch tensor per padded shape, post-processing per image) and in the bare-inference
+    /// measurement; B > 1 needs a graph with a dynamic batch axis.
     #[arg(long, default_value_t = 1, value_name = "B")]
     batch: usize,
     /// Unmeasured iterations first (the first one is reported as a one-time cost).
@@ -139,23 +139,6 @@ fn load_blobs(args: &Args) -> anyhow::Result<(Vec<Blob>, String)> {
     ))
 }
 
-/// The spec without building a GPU session (TensorRT needs the profile shapes before the
-/// session exists): `--spec`, a sidecar, else the ONNX metadata read through a CPU session.
-fn spec_for_profile(
-    model: &Path,
-    spec: Option<&Path>,
-    rt: &RuntimeArgs,
-) -> anyhow::Result<DetectorSpec> {
-    if let Ok((s, _)) = anchorkit::spec::resolve(model, spec, None) {
-        return Ok(s);
-    }
-    let mut o = rt.options();
-    o.ep = Ep::Cpu;
-    let (session, _) = runtime::session(model, &o)?;
-    let meta = runtime::metadata_spec(&session);
-    Ok(anchorkit::spec::resolve(model, spec, meta.as_deref())?.0)
-}
-
 #[derive(Default)]
 struct Recs {
     decode: Recorder,
@@ -209,6 +192,64 @@ impl Measured {
         self.wall += o.wall;
         self.detections += o.detections;
     }
+}
+
+/// The timed loop on this thread with `batch` images per `Session::run`
+/// ([`Detector::detect_batch`]); iterations count images.
+fn sequential_batched(
+    det: &mut Detector,
+    blobs: &[Blob],
+    plan: Plan,
+    offset: usize,
+    batch: usize,
+) -> anyhow::Result<Measured> {
+    let exif = det.spec().input.exif_orientation;
+    let mut recs = Recs::default();
+    let (mut first, mut detections, mut i, mut n) = (Duration::ZERO, 0usize, 0usize, 0usize);
+    let (mut start, mut started) = (Instant::now(), false);
+    loop {
+        if i >= plan.warmup && !started {
+            (start, started) = (Instant::now(), true);
+        }
+        if i >= plan.warmup && plan.done(n, start) {
+            break;
+        }
+        let t0 = Instant::now();
+        let mut imgs = Vec::with_capacity(batch);
+        let mut dec = Vec::with_capacity(batch);
+        for k in 0..batch {
+            let b = &blobs[(offset + i + k) % blobs.len()];
+            let t = Instant::now();
+            imgs.push(preprocess::decode_image(&b.bytes, &b.name, exif)?);
+            dec.push(t.elapsed());
+        }
+        let refs: Vec<&image::RgbImage> = imgs.iter().collect();
+        let res = det.detect_batch(&refs);
+        let t4 = Instant::now();
+        if i == 0 {
+            first = t4 - t0;
+        }
+        for (r, d) in res.into_iter().zip(dec) {
+            let (_, dets, st) = r?;
+            if i >= plan.warmup {
+                recs.decode.record(d);
+                recs.pre.record(st.preprocess);
+                recs.infer.record(st.infer);
+                recs.post.record(st.postprocess);
+                recs.e2e.record((t4 - t0) / batch as u32);
+                detections += dets.len();
+                n += 1;
+            }
+        }
+        i += batch;
+    }
+    Ok(Measured {
+        recs,
+        n,
+        wall: start.elapsed(),
+        first,
+        detections,
+    })
 }
 
 /// The timed loop on this thread, starting at image `offset` (cycled).
@@ -292,8 +333,10 @@ fn pipelined(
     plan: Plan,
     workers: usize,
     offset: usize,
+    batch: usize,
 ) -> anyhow::Result<Measured> {
     let input = det.spec().input.clone();
+    let buckets = det.buckets().cloned();
     let exif = input.exif_orientation;
     let workers = workers.max(1);
     let (job_tx, job_rx) = crossbeam_channel::bounded::<usize>(workers * 2);
@@ -317,14 +360,15 @@ fn pipelined(
             }
         });
         for _ in 0..workers {
-            let (job_rx, res_tx, buf_rx, input) = (
+            let (job_rx, res_tx, buf_rx, input, buckets) = (
                 job_rx.clone(),
                 res_tx.clone(),
                 buf_rx.clone(),
                 input.clone(),
+                buckets.clone(),
             );
             s.spawn(move || {
-                let mut pre = Preprocessor::new(&input);
+                let mut pre = Preprocessor::with_buckets(&input, buckets);
                 for i in job_rx {
                     let b = &blobs[(offset + i) % blobs.len()];
                     let t0 = Instant::now();
@@ -376,34 +420,63 @@ fn pipelined(
             Ok((recs, first, detections))
         });
         let mut i = 0usize;
-        let mut start = Instant::now();
+        let (mut start, mut started) = (Instant::now(), false);
         let out = (|| -> anyhow::Result<()> {
             loop {
-                if i == plan.warmup {
-                    start = Instant::now();
+                if i >= plan.warmup && !started {
+                    (start, started) = (Instant::now(), true);
                 }
                 if i >= plan.warmup && plan.done(n, start) {
                     break;
                 }
-                let p = res_rx.recv().context("pipeline workers stopped")??;
-                let (outputs, infer) = det.infer_owned(&p.tensor, &p.meta)?;
-                let measured = i >= plan.warmup;
-                post_tx
-                    .send(Inferred {
-                        outputs,
-                        index: i,
-                        measured,
-                        t_start: p.t_start,
-                        decode: p.decode,
-                        pre: p.pre,
-                        infer,
-                    })
-                    .map_err(|_| anyhow::anyhow!("the post-processing thread stopped"))?;
-                if measured {
-                    n += 1;
+                // `batch` images, one run per padded shape among them
+                let mut got = Vec::with_capacity(batch);
+                for _ in 0..batch {
+                    got.push(res_rx.recv().context("pipeline workers stopped")??);
                 }
-                let _ = buf_tx.send(p.tensor);
-                i += 1;
+                let mut shapes: Vec<(u32, u32)> = vec![];
+                for p in &got {
+                    if !shapes.contains(&(p.meta.input_w, p.meta.input_h)) {
+                        shapes.push((p.meta.input_w, p.meta.input_h));
+                    }
+                }
+                let mut runs = vec![];
+                for wh in shapes {
+                    let idx: Vec<usize> = (0..got.len())
+                        .filter(|&k| (got[k].meta.input_w, got[k].meta.input_h) == wh)
+                        .collect();
+                    let tensors: Vec<&[f32]> =
+                        idx.iter().map(|&k| got[k].tensor.as_slice()).collect();
+                    let metas: Vec<ImageMeta> = idx.iter().map(|&k| got[k].meta).collect();
+                    let (heads, dt) = if batch == 1 {
+                        let (h, dt) = det.infer_owned(tensors[0], &metas[0])?;
+                        (vec![h], dt)
+                    } else {
+                        det.infer_batch_owned(&tensors, &metas)?
+                    };
+                    let per = dt / idx.len() as u32;
+                    runs.extend(idx.into_iter().zip(heads).map(|(k, h)| (k, h, per)));
+                }
+                runs.sort_by_key(|r| r.0);
+                let measured = i >= plan.warmup;
+                for ((k, outputs, infer), p) in runs.into_iter().zip(got) {
+                    post_tx
+                        .send(Inferred {
+                            outputs,
+                            index: i + k,
+                            measured,
+                            t_start: p.t_start,
+                            decode: p.decode,
+                            pre: p.pre,
+                            infer,
+                        })
+                        .map_err(|_| anyhow::anyhow!("the post-processing thread stopped"))?;
+                    if measured {
+                        n += 1;
+                    }
+                    let _ = buf_tx.send(p.tensor);
+                }
+                i += batch;
             }
             Ok(())
         })();
@@ -459,19 +532,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut opts = args.rt.options();
     opts.trt_fp16 = args.fp16;
     opts.trt_cache = args.trt_cache.clone();
-    if opts.ep == Ep::TensorRt {
-        let spec = spec_for_profile(&model, spec_path.as_deref(), &args.rt)?;
-        let shapes = bench::trt_profile_shapes(&spec, args.batch);
-        eprintln!(
-            "anchorkit: TensorRT profile min {} opt {} max {}; the first run builds the engine \
-             (cached in the TensorRT cache directory)",
-            shapes[0], shapes[1], shapes[2]
-        );
-        opts.trt_profile = Some(shapes);
-    }
+    opts.batch = args.batch;
     let t = Instant::now();
     let mut det = Detector::load(&model, spec_path.as_deref(), &opts)?;
     let session_ms = t.elapsed().as_secs_f64() * 1e3;
+    det.check_batch(args.batch)?;
+    let opts = det.options().clone();
+    if let Some([min, opt, max]) = &opts.trt_profile {
+        eprintln!(
+            "anchorkit: TensorRT profile min {min} opt {opt} max {max}; the first run builds the \
+             engine (cached in the TensorRT cache directory)"
+        );
+    }
+    // GPU providers: every session (one per shape bucket) pays its one-time costs here.
+    let warm_ms = if opts.ep == Ep::Cpu {
+        None
+    } else {
+        let w = det.warm_up(1)?;
+        Some(w.iter().map(|(_, d)| d.as_secs_f64() * 1e3).sum::<f64>())
+    };
+    if let Some(b) = det.buckets() {
+        eprintln!(
+            "anchorkit: shape buckets {b} ({} session(s)){}",
+            det.num_sessions(),
+            warm_ms.map_or(String::new(), |ms| format!(", warm-up {ms:.1} ms"))
+        );
+    }
 
     // One preprocessed tensor of the first image, for the bare run and the EP profile.
     let exif = det.spec().input.exif_orientation;
@@ -494,7 +580,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for r in 0..rounds {
         let pr = plan.round(r, rounds);
         let mr = if args.pipeline {
-            pipelined(&mut det, &blobs, pr, args.workers, offset)?
+            pipelined(&mut det, &blobs, pr, args.workers, offset, args.batch)?
+        } else if args.batch > 1 {
+            sequential_batched(&mut det, &blobs, pr, offset, args.batch)?
         } else {
             sequential(&mut det, &blobs, pr, offset)?
         };
@@ -509,11 +597,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let bare_run = bare.as_ref().map(|(_, acc)| acc.report());
-    let ep_check = bench::profile_providers(&model, &opts, &input_name, &tensor, hw, 3)?;
+    let profile = bench::profile_providers(&model, &opts, &input_name, &tensor, hw, 3)?;
 
     let mut one_time = BTreeMap::new();
     one_time.insert("library_load_ms".to_string(), lib_ms);
     one_time.insert("session_create_ms".to_string(), session_ms);
+    if let Some(ms) = warm_ms {
+        one_time.insert("session_warmup_ms".to_string(), ms);
+    }
     one_time.insert(
         "first_iteration_ms".to_string(),
         m.first.as_secs_f64() * 1e3,
@@ -552,7 +643,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         throughput_ips: m.n as f64 / m.wall.as_secs_f64().max(f64::MIN_POSITIVE),
         detections_per_image: m.detections as f64 / m.n.max(1) as f64,
         bare_run,
-        ep_check,
+        ep_check: profile.shares.clone(),
+        ep_elsewhere: profile.elsewhere.clone(),
         machine,
         precision: anchorkit::precision::read(&model)
             .ok()
@@ -567,18 +659,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anchorkit::eval::coco::write_json_atomic(p, &report)?;
     }
     let requested = opts.ep.ort_name();
-    let off = report
-        .ep_check
-        .iter()
-        .filter(|e| e.provider != requested)
-        .map(|e| e.share)
-        .sum::<f64>();
-    if opts.ep != Ep::Cpu && off > 0.0 {
-        eprintln!(
-            "anchorkit: {:.1}% of node time ran outside {requested}",
-            100.0 * off
-        );
+    let elsewhere = profile.describe();
+    if opts.ep != Ep::Cpu && !elsewhere.is_empty() {
+        eprint!("anchorkit: node runs outside {requested}:\n{elsewhere}");
     }
-    bench::check_ep(requested, &report.ep_check, args.strict_ep)?;
+    profile.check(requested, args.strict_ep)?;
     Ok(ExitCode::SUCCESS)
 }

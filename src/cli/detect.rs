@@ -51,6 +51,14 @@ pub struct Args {
     pub dump_input: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Images per `Session::run` (images of one padded shape run together; needs a graph with
+    /// a dynamic batch axis when > 1).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub batch: usize,
+    /// Unmeasured warm-up runs of every session before the first image (reported as a
+    /// one-time cost). Default: 1 on GPU providers, 0 on the CPU.
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<usize>,
     /// Images: files, directories (images by extension, sorted) or glob patterns.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
@@ -125,7 +133,21 @@ fn ms(d: Duration, n: u32) -> f64 {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (model, spec) = super::resolve_model(args.model.as_deref(), args.spec.as_deref())?;
-    let mut det = Detector::load(&model, spec.as_deref(), &args.runtime.options())?;
+    let batch = args.batch;
+    if batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
+    }
+    if batch > 1 && args.dump_input.is_some() {
+        anyhow::bail!("--dump-input needs --batch 1");
+    }
+    let mut opts = args.runtime.options();
+    opts.batch = batch;
+    let mut det = Detector::load(&model, spec.as_deref(), &opts)?;
+    det.check_batch(batch)?;
+    let warmup = args
+        .warmup
+        .unwrap_or(usize::from(det.options().ep != anchorkit::runtime::Ep::Cpu));
+    let warm: Duration = det.warm_up(warmup)?.iter().map(|(_, d)| *d).sum();
     if let Some(t) = args.score_thr {
         det.set_score_thr(t)?;
     }
@@ -196,107 +218,134 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     });
     let mut times = Times::default();
+    // the first run (its images) is a one-time cost, kept apart from the per-image figures
+    let mut first = Times::default();
     let wall = Instant::now();
     let stdout = std::io::stdout();
-    for (path, img, t_dec) in rx {
-        pb.inc(1);
-        let img = match img {
-            Ok(i) => i,
-            Err(e) => {
-                failed += 1;
-                report(
-                    &pb,
-                    &path.display().to_string(),
-                    &e.to_string().replace(&format!("{}: ", path.display()), ""),
-                );
-                continue;
-            }
-        };
-        let (meta, dets, st) = match det.detect_timed(&img) {
-            Ok(r) => r,
-            Err(e) => {
-                failed += 1;
-                report(&pb, &path.display().to_string(), &e.to_string());
-                continue;
-            }
-        };
-        times.decode += t_dec;
-        times.pre += st.preprocess;
-        times.infer += st.infer;
-        times.post += st.postprocess;
-        times.n += 1;
-        let rec = ImageRecord {
-            image: path.clone(),
-            width: img.width(),
-            height: img.height(),
-            detections: dets,
-        };
-        if let Some(dir) = &args.dump_input {
-            let stem = path
-                .file_stem()
-                .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-            let shape = [1, 3, meta.input_h as usize, meta.input_w as usize];
-            output::write_npy_f32(&dir.join(format!("{stem}.npy")), &shape, det.input_tensor())?;
-            output::write_atomic(
-                &dir.join(format!("{stem}.meta.json")),
-                serde_json::to_string_pretty(&meta)?.as_bytes(),
-            )?;
+    loop {
+        let chunk: Vec<_> = rx.iter().take(batch).collect();
+        if chunk.is_empty() {
+            break;
         }
-        if let Some(w) = jsonl.as_mut() {
-            writeln!(w, "{}", output::jsonl_line(&rec, &classes))
-                .with_context(|| format!("{}: write failed", w.dest().display()))?;
+        let mut decoded = vec![];
+        for (path, img, t_dec) in chunk {
+            pb.inc(1);
+            match img {
+                Ok(i) => decoded.push((path, i, t_dec)),
+                Err(e) => {
+                    failed += 1;
+                    report(
+                        &pb,
+                        &path.display().to_string(),
+                        &e.to_string().replace(&format!("{}: ", path.display()), ""),
+                    );
+                }
+            }
+        }
+        let results = if batch == 1 {
+            decoded
+                .iter()
+                .map(|(_, i, _)| det.detect_timed(i))
+                .collect()
         } else {
-            let s = output::summary(&rec, &classes, 10);
-            pb.suspend(|| {
-                let mut o = stdout.lock();
-                let _ = o.write_all(s.as_bytes());
-            });
-        }
-        if let Some(w) = csv.as_mut() {
-            w.write_all(output::csv_rows(&rec, &classes).as_bytes())?;
-        }
-        if let Some(ids) = &coco_ids {
-            match ids.results(&rec) {
-                Ok(r) => coco.extend(r),
+            det.detect_batch(&decoded.iter().map(|(_, i, _)| i).collect::<Vec<_>>())
+        };
+        let tally = if first.n == 0 { &mut first } else { &mut times };
+        let mut done = vec![];
+        for ((path, img, t_dec), r) in decoded.into_iter().zip(results) {
+            match r {
+                Ok((meta, dets, st)) => {
+                    tally.decode += t_dec;
+                    tally.pre += st.preprocess;
+                    tally.infer += st.infer;
+                    tally.post += st.postprocess;
+                    tally.n += 1;
+                    done.push((path, img, meta, dets));
+                }
                 Err(e) => {
                     failed += 1;
                     report(&pb, &path.display().to_string(), &e.to_string());
                 }
             }
         }
-        if let Some(dir) = &args.draw {
-            let name = path
-                .file_name()
-                .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-            let keep = matches!(
-                path.extension()
-                    .and_then(|e| e.to_str())
-                    .map(str::to_ascii_lowercase)
-                    .as_deref(),
-                Some("jpg" | "jpeg" | "png")
-            );
-            let mut dest = if keep {
-                dir.join(&name)
-            } else {
-                dir.join(&name).with_extension("png")
+        for (path, img, meta, dets) in done {
+            let rec = ImageRecord {
+                image: path.clone(),
+                width: img.width(),
+                height: img.height(),
+                detections: dets,
             };
-            // Same file name from different directories: name-2.jpg, name-3.jpg, ...
-            let mut k = 1;
-            while !drawn.insert(dest.clone()) {
-                k += 1;
-                let stem = Path::new(&name)
+            if let Some(dir) = &args.dump_input {
+                let stem = path
                     .file_stem()
                     .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-                let ext = dest
-                    .extension()
-                    .map_or("png".into(), |e| e.to_string_lossy().into_owned());
-                dest = dir.join(format!("{stem}-{k}.{ext}"));
+                let shape = [1, 3, meta.input_h as usize, meta.input_w as usize];
+                output::write_npy_f32(
+                    &dir.join(format!("{stem}.npy")),
+                    &shape,
+                    det.input_tensor(),
+                )?;
+                output::write_atomic(
+                    &dir.join(format!("{stem}.meta.json")),
+                    serde_json::to_string_pretty(&meta)?.as_bytes(),
+                )?;
             }
-            if let Err(e) =
-                output::save_image(&dest, &output::draw(&img, &rec.detections, &classes))
-            {
-                failed += 1;
-                report(&pb, &path.display().to_string(), &e.to_string());
+            if let Some(w) = jsonl.as_mut() {
+                writeln!(w, "{}", output::jsonl_line(&rec, &classes))
+                    .with_context(|| format!("{}: write failed", w.dest().display()))?;
+            } else {
+                let s = output::summary(&rec, &classes, 10);
+                pb.suspend(|| {
+                    let mut o = stdout.lock();
+                    let _ = o.write_all(s.as_bytes());
+                });
+            }
+            if let Some(w) = csv.as_mut() {
+                w.write_all(output::csv_rows(&rec, &classes).as_bytes())?;
+            }
+            if let Some(ids) = &coco_ids {
+                match ids.results(&rec) {
+                    Ok(r) => coco.extend(r),
+                    Err(e) => {
+                        failed += 1;
+                        report(&pb, &path.display().to_string(), &e.to_string());
+                    }
+                }
+            }
+            if let Some(dir) = &args.draw {
+                let name = path
+                    .file_name()
+                    .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+                let keep = matches!(
+                    path.extension()
+                        .and_then(|e| e.to_str())
+                        .map(str::to_ascii_lowercase)
+                        .as_deref(),
+                    Some("jpg" | "jpeg" | "png")
+                );
+                let mut dest = if keep {
+                    dir.join(&name)
+                } else {
+                    dir.join(&name).with_extension("png")
+                };
+                // Same file name from different directories: name-2.jpg, name-3.jpg, ...
+                let mut k = 1;
+                while !drawn.insert(dest.clone()) {
+                    k += 1;
+                    let stem = Path::new(&name)
+                        .file_stem()
+                        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+                    let ext = dest
+                        .extension()
+                        .map_or("png".into(), |e| e.to_string_lossy().into_owned());
+                    dest = dir.join(format!("{stem}-{k}.{ext}"));
+                }
+                if let Err(e) =
+                    output::save_image(&dest, &output::draw(&img, &rec.detections, &classes))
+                {
+                    failed += 1;
+                    report(&pb, &path.display().to_string(), &e.to_string());
+                }
             }
         }
     }
@@ -312,17 +361,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(p) = &args.coco_results {
         output::write_atomic(p, serde_json::to_string(&coco)?.as_bytes())?;
     }
-    let n = times.n;
+    let n = times.n + first.n;
+    // per-image figures leave out the first run, unless it was the only one
+    let only_first = times.n == 0;
+    let per = if only_first { &first } else { &times };
+    eprintln!(
+        "one-time: session start {:.1} ms ({} session{}{}), warm-up {} run{} {:.1} ms, first run \
+         {:.1} ms inference ({} image{}{})",
+        det.load_time().as_secs_f64() * 1e3,
+        det.num_sessions(),
+        if det.num_sessions() == 1 { "" } else { "s" },
+        det.buckets()
+            .map_or(String::new(), |b| format!(", shape buckets {b}")),
+        warmup,
+        if warmup == 1 { "" } else { "s" },
+        warm.as_secs_f64() * 1e3,
+        first.infer.as_secs_f64() * 1e3,
+        first.n,
+        if first.n == 1 { "" } else { "s" },
+        if only_first {
+            "; the only run, so the per-image figures include it"
+        } else {
+            ", not in the per-image figures"
+        }
+    );
+    let m = per.n;
     eprintln!(
         "{n} image{} done, {failed} failed, {:.2} s ({:.1} ms/image wall; per image: decode {:.1} ms, \
          preprocess {:.1} ms, inference {:.1} ms, postprocess {:.2} ms; EP {}, threads {})",
         if n == 1 { "" } else { "s" },
         wall.as_secs_f64(),
         ms(wall, n),
-        ms(times.decode, n),
-        ms(times.pre, n),
-        ms(times.infer, n),
-        ms(times.post, n),
+        ms(per.decode, m),
+        ms(per.pre, m),
+        ms(per.infer, m),
+        ms(per.post, m),
         det.options().ep,
         if det.options().threads == 0 {
             "default".to_string()

@@ -17,7 +17,8 @@ pub fn init_logging() {
         .try_init();
 }
 
-use anchorkit::runtime::{Ep, RuntimeOptions};
+use anchorkit::runtime::{ConvAlgoSearch, Ep, RuntimeOptions};
+use anchorkit::shapes::ShapePolicy;
 use std::path::{Path, PathBuf};
 
 /// Options shared by every command that runs a model: which ONNX Runtime library, which
@@ -34,6 +35,38 @@ pub struct RuntimeArgs {
     /// Intra-op threads of ONNX Runtime (0 = one per physical core).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
+    /// Keep-ratio models: pad each input bottom/right up to a canonical shape, one session
+    /// per shape (`auto`: the spec's `input.shape_buckets`, else the padded landscape and
+    /// portrait maxima; `off`; or a list like `1344x800,800x1344`). Default: on for cuda and
+    /// tensorrt, off for cpu.
+    #[arg(
+        long,
+        value_name = "auto|off|WxH,..",
+        default_value = "default",
+        hide_default_value = true
+    )]
+    pub shape_buckets: ShapePolicy,
+    /// CUDA: cuDNN convolution algorithm search (default: exhaustive when every session sees
+    /// one input shape, `default` when shapes vary).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub cudnn_conv_algo_search: Option<ConvAlgoSearch>,
+    /// CUDA: TF32 tensor-core math (faster, detections differ slightly from the CPU's).
+    #[arg(
+        long,
+        value_name = "on|off",
+        default_value = "off",
+        value_parser = parse_on_off,
+        action = clap::ArgAction::Set
+    )]
+    pub tf32: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
 }
 
 impl RuntimeArgs {
@@ -43,6 +76,9 @@ impl RuntimeArgs {
             ort_lib: self.ort_lib.clone(),
             ep: self.ep,
             threads: self.threads,
+            shape_buckets: self.shape_buckets.clone(),
+            conv_algo_search: self.cudnn_conv_algo_search,
+            tf32: self.tf32,
             ..RuntimeOptions::default()
         }
     }

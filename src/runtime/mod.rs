@@ -9,6 +9,7 @@
 //! the CPU provider silently).
 
 pub mod locate;
+pub mod profile;
 
 use crate::{Error, Result};
 use ort::session::Session;
@@ -54,6 +55,39 @@ impl std::fmt::Display for Ep {
     }
 }
 
+/// cuDNN convolution algorithm search of the CUDA EP (`cudnn_conv_algo_search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvAlgoSearch {
+    /// Benchmark every algorithm (`cudnnFindConvolutionForwardAlgorithmEx`) for each new
+    /// input shape: fastest once a session sees one shape, very slow when shapes vary.
+    Exhaustive,
+    /// cuDNN's heuristic ranking (`cudnnGetConvolutionForwardAlgorithm_v7`).
+    Heuristic,
+    /// The fixed implicit-precomputed-GEMM algorithm, no search (best when shapes vary).
+    Default,
+}
+
+impl ConvAlgoSearch {
+    fn to_ort(self) -> ort::ep::cuda::ConvAlgorithmSearch {
+        use ort::ep::cuda::ConvAlgorithmSearch as C;
+        match self {
+            ConvAlgoSearch::Exhaustive => C::Exhaustive,
+            ConvAlgoSearch::Heuristic => C::Heuristic,
+            ConvAlgoSearch::Default => C::Default,
+        }
+    }
+}
+
+impl std::fmt::Display for ConvAlgoSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConvAlgoSearch::Exhaustive => "exhaustive",
+            ConvAlgoSearch::Heuristic => "heuristic",
+            ConvAlgoSearch::Default => "default",
+        })
+    }
+}
+
 /// How to load ONNX Runtime and build sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeOptions {
@@ -78,6 +112,19 @@ pub struct RuntimeOptions {
     /// provider) under this path prefix (`SessionOptions::EnableProfiling`); finish it with
     /// `Session::end_profiling`, which returns the file name.
     pub profile_prefix: Option<PathBuf>,
+    /// CUDA EP: allow TF32 tensor-core math in convolutions and GEMMs (`use_tf32`); off by
+    /// default so CUDA detections match the CPU's.
+    pub tf32: bool,
+    /// CUDA EP: cuDNN convolution algorithm search; `None` lets [`crate::Detector::load`]
+    /// choose (exhaustive when every session sees one input shape: fixed-size models or shape
+    /// buckets; `default` when shapes vary).
+    pub conv_algo_search: Option<ConvAlgoSearch>,
+    /// Shape buckets for keep-ratio models (see [`crate::shapes`]); default: on for CUDA /
+    /// TensorRT, off on the CPU.
+    pub shape_buckets: crate::shapes::ShapePolicy,
+    /// Images per `Session::run` the sessions are prepared for (TensorRT profile and warm-up
+    /// batch); at least 1.
+    pub batch: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -91,6 +138,10 @@ impl Default for RuntimeOptions {
             trt_fp16: false,
             trt_profile: None,
             profile_prefix: None,
+            tf32: false,
+            conv_algo_search: None,
+            shape_buckets: crate::shapes::ShapePolicy::Default,
+            batch: 1,
         }
     }
 }
@@ -221,10 +272,7 @@ impl Runtime {
         match opts.ep {
             Ep::Cpu => {}
             Ep::Cuda => {
-                let cuda = ort::ep::CUDA::default()
-                    .with_device_id(opts.device_id)
-                    .build()
-                    .error_on_failure();
+                let cuda = cuda_ep(opts).build().error_on_failure();
                 b = b
                     .with_execution_providers([cuda])
                     .map_err(|e| self.ep_error(Ep::Cuda, e.message()))?;
@@ -252,10 +300,7 @@ impl Runtime {
                         .with_timing_cache(true)
                         .with_timing_cache_path(c);
                 }
-                let cuda = ort::ep::CUDA::default()
-                    .with_device_id(opts.device_id)
-                    .build()
-                    .error_on_failure();
+                let cuda = cuda_ep(opts).build().error_on_failure();
                 b = b
                     .with_execution_providers([trt.build().error_on_failure()])
                     .map_err(|e| self.ep_error(Ep::TensorRt, e.message()))?
@@ -311,6 +356,17 @@ impl Runtime {
             msg,
         }
     }
+}
+
+/// The CUDA EP with the options' device, TF32 setting and cuDNN algorithm search.
+fn cuda_ep(opts: &RuntimeOptions) -> ort::ep::CUDA {
+    let mut c = ort::ep::CUDA::default()
+        .with_device_id(opts.device_id)
+        .with_tf32(opts.tf32);
+    if let Some(s) = opts.conv_algo_search {
+        c = c.with_conv_algorithm_search(s.to_ort());
+    }
+    c
 }
 
 /// Loads the runtime per `opts` and builds a session for `model` (see [`Runtime::session`]).
