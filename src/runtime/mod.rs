@@ -56,7 +56,8 @@ impl std::fmt::Display for Ep {
 }
 
 /// cuDNN convolution algorithm search of the CUDA EP (`cudnn_conv_algo_search`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum ConvAlgoSearch {
     /// Benchmark every algorithm (`cudnnFindConvolutionForwardAlgorithmEx`) for each new
     /// input shape: fastest once a session sees one shape, very slow when shapes vary.
