@@ -5,6 +5,7 @@ pub mod bench;
 pub mod detect;
 pub mod eval;
 pub mod inspect;
+pub mod spec;
 
 /// Log to stderr; `RUST_LOG=ort=debug` shows ONNX Runtime's EP placement messages.
 pub fn init_logging() {
