@@ -148,13 +148,21 @@ fn run_init(a: InitArgs) -> anyhow::Result<ExitCode> {
             out.display()
         );
     }
-    let hint = cfg.as_ref().and_then(|c| c.resize.as_ref()).map(|r| {
-        use anchorkit::spec::ResizeRule::*;
-        match r.value {
-            KeepRatio { scale } => (scale[0].min(scale[1]), scale[0].max(scale[1])),
-            Stretch { width, height } | Letterbox { width, height, .. } => (height, width),
+    // Size of the synthetic run where the graph's H, W are dynamic: --size, else the config's.
+    let hint = match (a.size, cfg.as_ref().and_then(|c| c.resize.as_ref())) {
+        (Some([x, y]), _) if a.resize == Some(ResizeChoice::KeepRatio) => {
+            Some((x.min(y), x.max(y)))
         }
-    });
+        (Some([w, h]), _) => Some((h, w)),
+        (None, Some(r)) => {
+            use anchorkit::spec::ResizeRule::*;
+            Some(match r.value {
+                KeepRatio { scale } => (scale[0].min(scale[1]), scale[0].max(scale[1])),
+                Stretch { width, height } | Letterbox { width, height, .. } => (height, width),
+            })
+        }
+        (None, None) => None,
+    };
     let probe = init::probe(&a.model, &a.runtime.options(), hint)?;
     let (spec, rows) = init::build(&probe, &a.model, cfg.as_ref(), &flags)?;
     let fw = rows.iter().map(|r| r.field.len()).max().unwrap_or(0);
