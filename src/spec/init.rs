@@ -493,28 +493,28 @@ pub fn build(
         let rest: Vec<usize> = (0..n).filter(|i| Some(*i) != ctr).collect();
         let (x, y) = (&g.parts[rest[0]], &g.parts[rest[1]]);
         let unit = |p: &Part| p.stats.is_some_and(|s| s.all_in_unit_interval());
-        let by_c = c_known.map(|c| (x.k % c as i64 == 0, y.k % c as i64 == 0));
+        // (cls, reg) fits C: A = cls / C priors per location and 4*A (anchors) or
+        // 4*(reg_max+1) (A = 1) regression channels.
+        let fits = |cls: &Part, reg: &Part, c: usize| {
+            let c = c as i64;
+            cls.k % c == 0 && (reg.k == 4 * (cls.k / c) || (cls.k == c && reg.k % 4 == 0))
+        };
+        let by_c = c_known.map(|c| (fits(x, y, c), fits(y, x, c)));
         let cls_first = if let Some((true, false)) = by_c {
-            role_why = format!(
-                "class scores have a multiple of C = {} channels",
-                c_known.unwrap()
-            );
+            role_why = format!("channels fit C = {} classes ({c_origin})", c_known.unwrap());
             true
         } else if let Some((false, true)) = by_c {
-            role_why = format!(
-                "class scores have a multiple of C = {} channels",
-                c_known.unwrap()
-            );
+            role_why = format!("channels fit C = {} classes ({c_origin})", c_known.unwrap());
             false
+        } else if unit(x) != unit(y) {
+            role_why = "class scores are the outputs with values in [0, 1]".into();
+            unit(x)
         } else if x.k % 4 != 0 && y.k % 4 == 0 {
             role_why = "box regression has a multiple of 4 channels".into();
             true
         } else if y.k % 4 != 0 && x.k % 4 == 0 {
             role_why = "box regression has a multiple of 4 channels".into();
             false
-        } else if unit(x) != unit(y) {
-            role_why = "class scores are the outputs with values in [0, 1]".into();
-            unit(x)
         } else {
             return cx.err(format!(
                 "head.levels: cannot tell the class scores from the box regression at stride {} \
@@ -552,6 +552,14 @@ pub fn build(
             _ => None,
         }
     };
+    if let Some(ck) = c_known
+        && cls_k % ck as i64 != 0
+    {
+        return cx.err(format!(
+            "classes: {c_origin} gives {ck} classes but the graph's class-score outputs have \
+             {cls_k} channels, not a multiple of {ck}"
+        ));
+    }
     let a_from_c = c_known.map(|c| cls_k / c as i64);
     let (kind, kind_origin) =
         if let Some(k) = flags.head {
@@ -1084,4 +1092,178 @@ pub fn write_spec(spec: &DetectorSpec, dest: &Path, force: bool) -> Result<()> {
             .map_err(|e| Error::io(dest, e.error))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ti(name: &str, shape: &[i64]) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            elem: "f32".into(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn stats(min: f32, max: f32) -> Option<ScoreStats> {
+        Some(ScoreStats::of([&[min, max][..]]))
+    }
+
+    /// A probe of a 320x320 graph with the given outputs `(name, shape, min, max)`.
+    fn probe(outs: &[(&str, Vec<i64>, f32, f32)]) -> GraphProbe {
+        GraphProbe {
+            inputs: vec![ti("w", &[24, 3, 3, 3]), ti("image", &[1, 3, 320, 320])],
+            outputs: outs.iter().map(|(n, s, ..)| ti(n, s)).collect(),
+            image_input: 1,
+            run_hw: (320, 320),
+            dynamic_hw: false,
+            run: outs
+                .iter()
+                .map(|(n, s, lo, hi)| OutputProbe {
+                    name: n.to_string(),
+                    shape: s.clone(),
+                    stats: stats(*lo, *hi),
+                })
+                .collect(),
+        }
+    }
+
+    fn flags(c: usize) -> InitFlags {
+        InitFlags {
+            classes: Some((
+                PathBuf::from("names.txt"),
+                (0..c).map(|i| format!("c{i}")).collect(),
+            )),
+            channel_order: Some(ChannelOrder::Rgb),
+            mean: Some([123.675, 116.28, 103.53]),
+            std: Some([58.395, 57.12, 57.375]),
+            resize: Some(ResizeChoice::Stretch),
+            ..InitFlags::default()
+        }
+    }
+
+    fn err(r: Result<(DetectorSpec, Vec<Row>)>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    /// RetinaNet-like NCHW head, A = `a`, C = 3, strides 8..32, logits.
+    fn retina(a: i64) -> GraphProbe {
+        let mut o = vec![];
+        for (i, n) in [40i64, 20, 10].iter().enumerate() {
+            o.push((["c0", "c1", "c2"][i], vec![1, 3 * a, *n, *n], -9.0, -1.0));
+            o.push((["r0", "r1", "r2"][i], vec![1, 4 * a, *n, *n], -2.0, 2.0));
+        }
+        probe(&o)
+    }
+
+    #[test]
+    fn retina_levels_priors_and_score_from_shapes() {
+        let m = Path::new("m.onnx");
+        let (s, rows) = build(&retina(9), m, None, &flags(3)).unwrap();
+        assert_eq!(s.head.kind, HeadKind::Retina);
+        assert_eq!(s.num_priors(), 9);
+        assert_eq!(s.head.score, ScoreActivation::Sigmoid);
+        assert_eq!(
+            s.head.levels.iter().map(|l| l.stride).collect::<Vec<_>>(),
+            [8, 16, 32]
+        );
+        assert_eq!(s.head.levels[1].cls, "c1");
+        assert_eq!(s.input.name, "image");
+        assert!(
+            rows.iter()
+                .any(|r| r.field == "head.priors" && matches!(r.origin, Origin::Default(_)))
+        );
+        // A = 3 anchors: their shapes are not in the graph.
+        let e = err(build(&retina(3), m, None, &flags(3)));
+        assert!(e.contains("head.priors") && e.contains("A = 3"), "{e}");
+        // Wrong class count.
+        let e = err(build(&retina(9), m, None, &flags(4)));
+        assert!(e.contains("classes") && e.contains("27 channels"), "{e}");
+    }
+
+    #[test]
+    fn config_values_that_contradict_the_graph_are_errors() {
+        let p = probe(&[
+            ("a", vec![1600, 80], 0.0, 0.4),
+            ("b", vec![1600, 32], -3.0, 5.0),
+            ("c", vec![400, 80], 0.0, 0.4),
+            ("d", vec![400, 32], -3.0, 5.0),
+            ("e", vec![100, 80], 0.0, 0.4),
+            ("f", vec![100, 32], -3.0, 5.0),
+        ]);
+        let m = Path::new("m.onnx");
+        let (s, _) = build(&p, m, None, &flags(80)).unwrap();
+        assert_eq!(
+            (s.head.kind, s.head.layout, s.head.score),
+            (
+                HeadKind::Gfl,
+                TensorLayout::Flat,
+                ScoreActivation::Activated
+            )
+        );
+        assert_eq!(s.reg_channels(), 32);
+        assert_eq!(s.head.priors, PriorSpec::Points { offset: 0.5 });
+        let cfg = ConfigValues {
+            strides: Some(Sourced::new(vec![8, 16, 32, 64], "model.arch.head.strides")),
+            ..ConfigValues::default()
+        };
+        let e = err(build(&p, m, Some(&cfg), &flags(80)));
+        assert!(
+            e.contains("model.arch.head.strides") && e.contains("[8, 16, 32]"),
+            "{e}"
+        );
+        let cfg = ConfigValues {
+            reg_max: Some(Sourced::new(16, "model.arch.head.reg_max")),
+            ..ConfigValues::default()
+        };
+        let e = err(build(&p, m, Some(&cfg), &flags(80)));
+        assert!(e.contains("model.arch.head.reg_max = 16"), "{e}");
+        // Without class names: the roles still come from the values, then classes is missing.
+        let mut f = flags(80);
+        f.classes = None;
+        let e = err(build(&p, m, None, &f));
+        assert!(e.contains("C = 80") && e.contains("--classes FILE"), "{e}");
+    }
+
+    #[test]
+    fn one_concatenated_output_is_explained() {
+        let p = probe(&[("output", vec![1, 2100, 112], -3.0, 5.0)]);
+        let e = err(build(&p, Path::new("m.onnx"), None, &flags(80)));
+        assert!(
+            e.contains("single output") && e.contains("NanoDet-Plus"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn image_input_skips_weights_listed_as_inputs() {
+        let v = vec![ti("w", &[24, 3, 3, 3]), ti("input.1", &[1, 3, 416, 416])];
+        assert_eq!(image_input(&v, Path::new("m")).unwrap(), 1);
+        let v = vec![ti("a", &[1, 3, -1, -1]), ti("b", &[1, 3, 416, 416])];
+        let e = image_input(&v, Path::new("m")).unwrap_err().to_string();
+        assert!(
+            e.contains("several") && e.contains("a f32 [1, 3, ?, ?]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn write_spec_never_replaces_without_force() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = build(&retina(9), Path::new("m.onnx"), None, &flags(3)).unwrap();
+        let out = d.path().join("s.json");
+        std::fs::write(&out, "keep").unwrap();
+        let e = write_spec(&s, &out, false).unwrap_err().to_string();
+        assert!(e.contains("--force"), "{e}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep");
+        write_spec(&s, &out, true).unwrap();
+        let back = DetectorSpec::from_json(&std::fs::read_to_string(&out).unwrap(), &out).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
 }
