@@ -982,10 +982,21 @@ pub fn build(
         };
     }
     let mm = "mmdet test_cfg of RetinaNet / ATSS / FCOS / GFL";
+    // nms.iou_threshold differs by head: 0.5 in mmdet's retinanet_r50_fpn and
+    // fcos_r50-caffe_fpn_gn-head configs, 0.6 in atss_r50_fpn and gfl_r50_fpn.
+    let (iou_def, iou_why) = match kind {
+        HeadKind::Retina => (0.5f32, "mmdet retinanet_r50_fpn test_cfg nms.iou_threshold"),
+        HeadKind::Fcos => (
+            0.5,
+            "mmdet fcos_r50-caffe_fpn_gn-head test_cfg nms.iou_threshold",
+        ),
+        HeadKind::Atss => (0.6, "mmdet atss_r50_fpn_1x_coco test_cfg nms.iou_threshold"),
+        HeadKind::Gfl => (0.6, "mmdet gfl_r50_fpn_1x_coco test_cfg nms.iou_threshold"),
+    };
     let post = PostprocessSpec {
         nms_pre: pp!("postprocess.nms_pre", cfg.nms_pre, 1000usize, mm),
         score_thr: pp!("postprocess.score_thr", cfg.score_thr, 0.05f32, mm),
-        iou_thr: pp!("postprocess.iou_thr", cfg.iou_thr, 0.6f32, mm),
+        iou_thr: pp!("postprocess.iou_thr", cfg.iou_thr, iou_def, iou_why),
         max_per_img: pp!("postprocess.max_per_img", cfg.max_per_img, 100usize, mm),
         class_agnostic: false,
         rule: pp!(
@@ -1164,6 +1175,7 @@ mod tests {
         assert_eq!(s.head.kind, HeadKind::Retina);
         assert_eq!(s.num_priors(), 9);
         assert_eq!(s.head.score, ScoreActivation::Sigmoid);
+        assert_eq!(s.postprocess.iou_thr, 0.5, "RetinaNet's NMS threshold");
         assert_eq!(
             s.head.levels.iter().map(|l| l.stride).collect::<Vec<_>>(),
             [8, 16, 32]
