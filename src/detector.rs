@@ -57,6 +57,8 @@ pub struct Detector {
     /// Index of each level's first buffer in `outs`.
     level_base: Vec<usize>,
     last_meta: Option<ImageMeta>,
+    /// Whether [`spec::checks::check_first_run`] has passed (it runs until it does).
+    first_run_checked: bool,
 }
 
 impl std::fmt::Debug for Detector {
@@ -199,6 +201,7 @@ impl Detector {
             outs,
             level_base,
             last_meta: None,
+            first_run_checked: false,
         })
     }
 
@@ -420,7 +423,9 @@ impl Detector {
             &self.model,
             self.pre.tensor(),
             &meta,
+            (!self.first_run_checked).then_some(self.spec_source.path()),
         )?;
+        self.first_run_checked = true;
         let times = StageTimes {
             preprocess: t1 - t0,
             infer,
@@ -664,7 +669,9 @@ impl Detector {
 
 /// `Session::run` on `tensor` (`[1, 3, meta.input_h, meta.input_w]`), then post-processing
 /// with the head outputs read in place; returns the detections and the run / post-processing
-/// times.
+/// times. With `first_run_check` (the spec's source), the outputs are first checked with
+/// [`spec::checks::check_first_run`].
+#[allow(clippy::too_many_arguments)]
 fn run_and_postprocess(
     session: &mut Session,
     spec: &DetectorSpec,
@@ -673,6 +680,7 @@ fn run_and_postprocess(
     model: &Path,
     tensor: &[f32],
     meta: &ImageMeta,
+    first_run_check: Option<&Path>,
 ) -> Result<(Vec<Detection>, Duration, Duration)> {
     let t1 = Instant::now();
     let outputs = run_session(session, &spec.input.name, model, tensor, meta)?;
@@ -685,6 +693,9 @@ fn run_and_postprocess(
         views.push(out_view(&o.name, v)?);
     }
     let levels = slice_levels(spec, level_base, &views, meta, 0)?;
+    if let Some(src) = first_run_check {
+        spec::checks::check_first_run(spec, &levels, meta, src)?;
+    }
     let dets = postprocess::postprocess(spec, &levels, meta)?;
     Ok((dets, t2 - t1, t2.elapsed()))
 }

@@ -27,6 +27,8 @@ enum Command {
     Eval(cli::eval::Args),
     /// Re-optimize anchor shapes for a dataset and evaluate them under real assigners.
     Anchors(cli::anchors::Args),
+    /// Detector specs: `spec init` writes one from the graph and a training config.
+    Spec(cli::spec::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cli::bench::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Anchors(a) => cli::anchors::run(a),
+        Command::Spec(a) => cli::spec::run(a),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod checks;
+pub mod init;
+pub mod nanodet;
+
 /// The ONNX metadata key under which the spec JSON is stored.
 pub const METADATA_KEY: &str = "anchorkit.detector";
 /// The only spec format version understood by this build.
@@ -705,6 +709,7 @@ impl DetectorSpec {
         }
         let graph_hw =
             (inp.shape[2] > 0 && inp.shape[3] > 0).then_some((inp.shape[2], inp.shape[3]));
+        checks::check_resize_against_graph(self, inp, graph_hw, path)?;
         let fixed = self.fixed_input_hw();
         if let (Some((gh, gw)), Some((h, w))) = (graph_hw, fixed)
             && (gh != h as i64 || gw != w as i64)

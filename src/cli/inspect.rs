@@ -98,6 +98,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match checked {
         Ok((s, src)) => {
             println!("spec:     {src}: valid for this graph");
+            for w in spec::checks::lint(&s) {
+                println!("warning:  {w}");
+            }
             println!(
                 "          {} classes, {:?} head, {} levels (strides {:?}), A = {}",
                 s.num_classes(),

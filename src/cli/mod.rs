@@ -6,6 +6,7 @@ pub mod detect;
 pub mod eval;
 pub mod inspect;
 pub mod progress;
+pub mod spec;
 
 /// Log to stderr; `RUST_LOG=ort=debug` shows ONNX Runtime's EP placement messages.
 pub fn init_logging() {
