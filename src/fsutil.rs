@@ -440,7 +440,10 @@ mod tests {
         let missing = d.path().join("nope/out.jsonl");
         let e = AtomicWriter::create(&missing).err().unwrap().to_string();
         assert!(e.starts_with(&missing.display().to_string()), "{e}");
-        assert!(e.contains("does not exist") && !e.contains(".tmp"), "{e}");
+        assert!(
+            e.contains("does not exist") && !e.contains(".out.jsonl."),
+            "{e}"
+        );
         let e = AtomicWriter::create(d.path()).err().unwrap().to_string();
         assert!(e.contains("is a folder"), "{e}");
         let e = check_output("--jsonl", d.path(), &InputSet::default())
