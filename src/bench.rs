@@ -242,13 +242,44 @@ impl BenchReport {
         s
     }
 
+    /// Why ratios against `base` may compare unlike runs: another model file (by file name)
+    /// or another image source. Empty when both match.
+    pub fn baseline_mismatches(&self, base: &BenchReport) -> Vec<String> {
+        let name = |m: &str| {
+            Path::new(m)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| m.to_string())
+        };
+        let mut v = vec![];
+        if name(&self.model) != name(&base.model) {
+            v.push(format!(
+                "the baseline measured another model ({}, this run: {}); the ratios compare \
+                 different models",
+                base.model, self.model
+            ));
+        }
+        if self.source != base.source {
+            v.push(format!(
+                "the baseline measured other images ({}, this run: {})",
+                base.source, self.source
+            ));
+        }
+        v
+    }
+
     /// Ratios against an earlier report, per stage and percentile (`baseline / this`: above 1
-    /// means this run is faster) and throughput (`this / baseline`).
+    /// means this run is faster) and throughput (`this / baseline`), after a warning line per
+    /// [`BenchReport::baseline_mismatches`].
     pub fn compare(&self, base: &BenchReport) -> String {
-        let mut s = format!(
+        let mut s = String::new();
+        for w in self.baseline_mismatches(base) {
+            s.push_str(&format!("warning: {w}\n"));
+        }
+        s.push_str(&format!(
             "vs baseline {} ({}): ratio = baseline / this (>1: this is faster)\n",
             base.tool, base.model
-        );
+        ));
         if let (Some(b), Some(t)) = (&base.precision, &self.precision)
             && b != t
         {
@@ -340,8 +371,15 @@ pub fn parse_wxh(s: &str) -> Result<(u32, u32)> {
     let (w, h) = lower.split_once('x').ok_or_else(bad)?;
     let w: u32 = w.trim().parse().map_err(|_| bad())?;
     let h: u32 = h.trim().parse().map_err(|_| bad())?;
-    if w == 0 || h == 0 || w > 16384 || h > 16384 {
-        return Err(bad());
+    if w == 0 || h == 0 {
+        return Err(Error::InvalidInput(format!(
+            "{s:?} has a zero size; width and height must be at least 1"
+        )));
+    }
+    if w > 16384 || h > 16384 {
+        return Err(Error::InvalidInput(format!(
+            "{s:?} is too large; width and height must be at most 16384"
+        )));
     }
     Ok((w, h))
 }
@@ -373,6 +411,35 @@ impl Plan {
             iters: (self.iters * (r + 1) / rounds - self.iters * r / rounds).max(1),
             duration: self.duration.map(|d| d / rounds as u32),
         }
+    }
+
+    /// Checks the plan for `rounds` rounds and returns the rounds to run, with a note when
+    /// they were lowered: `iters` below `rounds` runs `iters` rounds of one iteration (each
+    /// round measures at least one).
+    ///
+    /// Errors: [`Error::InvalidInput`] for `iters == 0` without a duration, or `rounds == 0`.
+    pub fn checked_rounds(&self, rounds: usize) -> Result<(usize, Option<String>)> {
+        if rounds == 0 {
+            return Err(Error::InvalidInput("--rounds must be at least 1".into()));
+        }
+        if self.duration.is_some() {
+            return Ok((rounds, None));
+        }
+        if self.iters == 0 {
+            return Err(Error::InvalidInput(
+                "--iters must be at least 1 (or give --duration)".into(),
+            ));
+        }
+        if self.iters < rounds {
+            return Ok((
+                self.iters,
+                Some(format!(
+                    "--iters {} is less than --rounds {rounds}: running {} round(s) of 1 iteration",
+                    self.iters, self.iters
+                )),
+            ));
+        }
+        Ok((rounds, None))
     }
 
     /// Whether measuring is finished after `n` measured iterations started at `start`.
@@ -548,9 +615,71 @@ mod tests {
     }
 
     #[test]
+    fn plans_with_nothing_to_measure_are_errors() {
+        let p = |iters| Plan {
+            warmup: 0,
+            iters,
+            duration: None,
+        };
+        assert!(p(0).checked_rounds(3).is_err());
+        assert!(p(10).checked_rounds(0).is_err());
+        assert_eq!(p(10).checked_rounds(3).unwrap(), (3, None));
+        let (r, note) = p(2).checked_rounds(3).unwrap();
+        assert_eq!(r, 2);
+        assert!(note.unwrap().contains("--iters 2"));
+        let d = Plan {
+            duration: Some(std::time::Duration::from_secs(1)),
+            ..p(0)
+        };
+        assert_eq!(d.checked_rounds(3).unwrap(), (3, None));
+    }
+
+    #[test]
+    fn baseline_of_another_model_is_flagged() {
+        let r = BenchReport {
+            tool: "anchorkit".into(),
+            model: "models/a.onnx".into(),
+            source: "synthetic 640x480".into(),
+            ep: "cpu".into(),
+            threads: 0,
+            batch: 1,
+            mode: "sequential".into(),
+            warmup: 0,
+            iters: 1,
+            rounds: 1,
+            one_time: BTreeMap::new(),
+            stages: BTreeMap::new(),
+            throughput_ips: 1.0,
+            detections_per_image: 0.0,
+            bare_run: None,
+            ep_check: vec![],
+            ep_elsewhere: vec![],
+            machine: BTreeMap::new(),
+            precision: None,
+        };
+        let same = BenchReport {
+            model: "/elsewhere/a.onnx".into(),
+            ..r.clone()
+        };
+        assert!(r.baseline_mismatches(&same).is_empty());
+        let other = BenchReport {
+            model: "b.onnx".into(),
+            ..r.clone()
+        };
+        let c = r.compare(&other);
+        assert!(
+            c.starts_with("warning: the baseline measured another model (b.onnx"),
+            "{c}"
+        );
+    }
+
+    #[test]
     fn wxh_parsing() {
         assert_eq!(parse_wxh("640x480").unwrap(), (640, 480));
         assert!(parse_wxh("640").is_err());
-        assert!(parse_wxh("0x5").is_err());
+        let e = parse_wxh("0x0").unwrap_err().to_string();
+        assert!(e.contains("zero size"), "{e}");
+        let e = parse_wxh("640x99999").unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
     }
 }

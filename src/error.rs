@@ -6,13 +6,10 @@ use std::path::PathBuf;
 /// Errors returned by the anchorkit library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading or writing a file failed. (The I/O error is part of the message, and not
+    /// also a `source()`, so that a printed error chain names it once.)
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     /// An input image could not be decoded (missing, empty, truncated, not an image ...).
     #[error("{path}: cannot decode image: {msg}")]
     Image { path: PathBuf, msg: String },
@@ -48,7 +45,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 }

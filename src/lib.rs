@@ -56,6 +56,7 @@ pub mod dataset;
 pub mod detector;
 pub mod error;
 pub mod eval;
+pub mod fsutil;
 pub mod head;
 pub mod nms;
 pub mod output;

@@ -33,6 +33,9 @@ enum Command {
 
 fn main() -> ExitCode {
     cli::init_logging();
+    // SIGINT / SIGTERM: remove temp files and exit 130 (batch commands finish the current item
+    // and write what is done first)
+    anchorkit::fsutil::interrupt::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Detect(a) => cli::detect::run(a),

@@ -1,78 +1,15 @@
 //! Writing detections: JSONL (one line per image), a readable summary, CSV, COCO results JSON,
 //! annotated images, and `.npy` dumps of network inputs. Every file is written atomically (a
-//! temp file in the destination directory, renamed into place on success).
+//! temp file in the destination directory, renamed into place on success; see [`crate::fsutil`]).
 
 use crate::postprocess::Detection;
 use crate::{Error, Result};
 use image::{Rgb, RgbImage};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// A file being written atomically: the data goes to a temp file beside `dest`, which
-/// [`AtomicWriter::commit`] renames to `dest`. Dropping it without commit removes the temp file
-/// and leaves any existing `dest` untouched.
-pub struct AtomicWriter {
-    inner: BufWriter<tempfile::NamedTempFile>,
-    dest: PathBuf,
-}
-
-impl AtomicWriter {
-    /// Starts writing `dest` (its directory must exist). Errors: [`Error::Io`] naming `dest`.
-    pub fn create(dest: &Path) -> Result<AtomicWriter> {
-        let dir = match dest.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dest, e))?;
-        Ok(AtomicWriter {
-            inner: BufWriter::new(tmp),
-            dest: dest.to_path_buf(),
-        })
-    }
-
-    /// Flushes, syncs and renames the temp file onto the destination.
-    pub fn commit(self) -> Result<()> {
-        let dest = self.dest;
-        let tmp = self
-            .inner
-            .into_inner()
-            .map_err(|e| Error::io(&dest, e.into_error()))?;
-        tmp.as_file().sync_all().map_err(|e| Error::io(&dest, e))?;
-        tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
-        Ok(())
-    }
-
-    /// The final path.
-    pub fn dest(&self) -> &Path {
-        &self.dest
-    }
-}
-
-impl Write for AtomicWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Writes `bytes` to `dest` atomically.
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let mut w = AtomicWriter::create(dest)?;
-    w.write_all(bytes).map_err(|e| Error::io(dest, e))?;
-    w.commit()
-}
+pub use crate::fsutil::{AtomicWriter, write_atomic};
 
 /// Detections of one image, in original-image pixels.
 #[derive(Debug, Clone, PartialEq)]
@@ -385,6 +322,121 @@ pub fn draw(img: &RgbImage, dets: &[Detection], classes: &[String]) -> RgbImage 
     out
 }
 
+/// Where `detect --draw DIR` writes the annotated copy of each input: `DIR/<file name>` for
+/// JPEG and PNG inputs, `DIR/<stem>.png` for other formats; the same file name from
+/// different folders gets `-2`, `-3`, ... before the extension (inputs in order; a path given
+/// twice maps to one copy).
+pub fn draw_destinations(dir: &Path, inputs: &[PathBuf]) -> HashMap<PathBuf, PathBuf> {
+    let mut taken = std::collections::HashSet::new();
+    let mut out = HashMap::new();
+    for path in inputs {
+        if out.contains_key(path) {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+        let keep = matches!(
+            path.extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("jpg" | "jpeg" | "png")
+        );
+        let mut dest = if keep {
+            dir.join(&name)
+        } else {
+            dir.join(&name).with_extension("png")
+        };
+        let mut k = 1;
+        while !taken.insert(dest.clone()) {
+            k += 1;
+            let stem = Path::new(&name)
+                .file_stem()
+                .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+            let ext = dest
+                .extension()
+                .map_or("png".into(), |e| e.to_string_lossy().into_owned());
+            dest = dir.join(format!("{stem}-{k}.{ext}"));
+        }
+        out.insert(path.clone(), dest);
+    }
+    out
+}
+
+/// Checks a `--draw` folder before any work: it must be a folder (created when missing) in
+/// which no annotated copy ([`draw_destinations`]) would replace one of the inputs.
+///
+/// Errors: [`Error::InvalidInput`] naming the folder, the input and the copy that would
+/// replace it; [`Error::Io`] when the folder cannot be created.
+pub fn check_draw_dir(
+    dir: &Path,
+    dests: &HashMap<PathBuf, PathBuf>,
+    inputs: &crate::fsutil::InputSet,
+) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::InvalidInput(format!(
+            "--draw {}: is a file, not a folder",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut clashes: Vec<(&PathBuf, &Path)> = dests
+        .values()
+        .filter_map(|d| inputs.find(d).map(|i| (d, i)))
+        .collect();
+    clashes.sort();
+    if let Some((d, i)) = clashes.first() {
+        return Err(Error::InvalidInput(format!(
+            "--draw {}: the annotated copy {} would replace the input {}{}; \
+             choose another folder",
+            dir.display(),
+            d.display(),
+            i.display(),
+            if clashes.len() > 1 {
+                format!(" (and {} more)", clashes.len() - 1)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Checks every output of a `detect` run before any image is processed: each output file
+/// (`(flag, path)`, e.g. `("--jsonl", out.jsonl)`) with [`crate::fsutil::check_output`], no
+/// two flags naming one file, and the `--draw` folder with [`check_draw_dir`]. Returns where
+/// the annotated copies go ([`draw_destinations`]; empty without `draw`).
+///
+/// Errors: the first problem found, naming the flag and the path as given.
+pub fn check_detect_outputs(
+    files: &[(&str, &Path)],
+    draw: Option<&Path>,
+    inputs: &[PathBuf],
+) -> Result<HashMap<PathBuf, PathBuf>> {
+    let set = crate::fsutil::InputSet::new(inputs);
+    for (i, (flag, p)) in files.iter().enumerate() {
+        crate::fsutil::check_output(flag, p, &set)?;
+        if let Some((other, _)) = files[..i]
+            .iter()
+            .find(|(_, q)| q == p || crate::fsutil::same_file(p, q))
+        {
+            return Err(Error::InvalidInput(format!(
+                "{other} and {flag} both name {}; give each output its own file",
+                p.display()
+            )));
+        }
+    }
+    match draw {
+        Some(dir) => {
+            let dests = draw_destinations(dir, inputs);
+            check_draw_dir(dir, &dests, &set)?;
+            Ok(dests)
+        }
+        None => Ok(HashMap::new()),
+    }
+}
+
 /// Encodes `img` (format from `dest`'s extension; JPEG quality 90) and writes it atomically.
 pub fn save_image(dest: &Path, img: &RgbImage) -> Result<()> {
     let fmt = image::ImageFormat::from_path(dest).unwrap_or(image::ImageFormat::Png);
@@ -507,24 +559,6 @@ mod tests {
                 .to_string()
                 .contains("x.jpg")
         );
-    }
-
-    #[test]
-    fn atomic_writer_leaves_nothing_on_drop_and_replaces_on_commit() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("out.jsonl");
-        std::fs::write(&p, "old").unwrap();
-        {
-            let mut w = AtomicWriter::create(&p).unwrap();
-            w.write_all(b"partial").unwrap();
-        }
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "old");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-        let mut w = AtomicWriter::create(&p).unwrap();
-        w.write_all(b"new").unwrap();
-        w.commit().unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fast_image_resize as fir;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
@@ -71,7 +72,12 @@ pub fn resize_linear_cv2(src: &RgbImage, dw: u32, dh: u32) -> Result<RgbImage> {
 ///   as OpenCV 4.x `imdecode(IMREAD_COLOR)` does (mmcv `imfrombytes`, flag `'color'`;
 ///   `mmcv/image/io.py` `imread_flags`).
 ///
-/// Errors: [`Error::Image`] naming `path` for empty, truncated, corrupt or non-image data.
+/// * Decompression bombs: the size in the header is checked against [`max_pixels`] (default
+///   [`DEFAULT_MAX_PIXELS`], `--max-pixels`) before any pixel buffer is allocated, and the
+///   `image` crate's decoders run under an allocation limit of 8 bytes per allowed pixel.
+///
+/// Errors: [`Error::Image`] naming `path` for empty, truncated, corrupt or non-image data, and
+/// for an image larger than the pixel limit.
 pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result<RgbImage> {
     let err = |msg: String| Error::Image {
         path: path.to_path_buf(),
@@ -80,9 +86,13 @@ pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result
     if bytes.is_empty() {
         return Err(err("file is empty (0 bytes)".into()));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let limit = max_pixels();
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(limit.saturating_mul(8).max(64 << 20));
+    reader.limits(limits);
     if reader.format().is_none() {
         return Err(err(
             "not a recognized image format (unknown file signature)".into(),
@@ -96,9 +106,12 @@ pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result
         ));
     }
     let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| err(format!("invalid or truncated image header: {e}")))?;
+    let mut decoder = reader.into_decoder().map_err(|e| match e {
+        image::ImageError::Limits(l) => err(format!("image exceeds the decoder limits: {l}")),
+        e => err(format!("invalid or truncated image header: {e}")),
+    })?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(w, h, limit).map_err(err)?;
     // An unreadable or absent EXIF block is not an error: OpenCV ignores it too.
     let orientation = if exif_orientation {
         decoder.orientation().ok()
@@ -108,7 +121,7 @@ pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result
     // JPEG pixels from libjpeg-turbo, as OpenCV decodes them; else (no library, CMYK) and
     // for every other format from the image crate
     let jpeg = if is_jpeg {
-        match libjpeg::decode(bytes) {
+        match libjpeg::decode(bytes, limit) {
             Ok(libjpeg::Decoded::Rgb(img, warning)) => {
                 if let Some(w) = warning {
                     // OpenCV decodes such files too (libjpeg recovers); say so and go on
@@ -124,8 +137,10 @@ pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result
     };
     let mut img = match jpeg {
         Some(img) => img,
-        None => DynamicImage::from_decoder(decoder)
-            .map_err(|e| err(format!("corrupt or truncated image data: {e}")))?,
+        None => DynamicImage::from_decoder(decoder).map_err(|e| match e {
+            image::ImageError::Limits(l) => err(format!("image exceeds the decoder limits: {l}")),
+            e => err(format!("corrupt or truncated image data: {e}")),
+        })?,
     };
     if let Some(o) = orientation {
         img.apply_orientation(o);
@@ -141,6 +156,44 @@ pub fn decode_image(bytes: &[u8], path: &Path, exif_orientation: bool) -> Result
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.into_rgb8(),
     })
+}
+
+/// Default maximum number of pixels of a decoded image: 100 megapixels (e.g. 12000 x 8333), a
+/// 300 MB RGB8 buffer.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+static MAX_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_PIXELS);
+
+/// Sets the process-wide pixel limit of [`decode_image`] / [`load_image`] (`--max-pixels`).
+///
+/// Errors: [`Error::InvalidInput`] for 0.
+pub fn set_max_pixels(n: u64) -> Result<()> {
+    if n == 0 {
+        return Err(Error::InvalidInput(
+            "--max-pixels must be at least 1".into(),
+        ));
+    }
+    MAX_PIXELS.store(n, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The pixel limit in force (see [`set_max_pixels`]).
+pub fn max_pixels() -> u64 {
+    MAX_PIXELS.load(Ordering::Relaxed)
+}
+
+/// `Err(message)` when a `w` x `h` header exceeds `limit` pixels.
+pub(crate) fn check_pixels(w: u32, h: u32, limit: u64) -> std::result::Result<(), String> {
+    let n = w as u64 * h as u64;
+    if n > limit {
+        return Err(format!(
+            "image is {w}x{h} = {:.1} megapixels, more than the limit of {:.1} megapixels \
+             (a decompression bomb, or a real image: raise --max-pixels)",
+            n as f64 / 1e6,
+            limit as f64 / 1e6
+        ));
+    }
+    Ok(())
 }
 
 /// True when a JPEG stream has an EOI marker (`FF D9`) after its last SOS marker (`FF DA`).
@@ -161,6 +214,21 @@ fn jpeg_has_eoi_after_last_scan(bytes: &[u8]) -> bool {
 /// Errors: [`Error::Io`] naming `path` when the file cannot be read (missing, permission),
 /// [`Error::Image`] when it cannot be decoded.
 pub fn load_image(path: &Path, exif_orientation: bool) -> Result<RgbImage> {
+    // no image within the pixel limit needs more than 8 bytes per pixel plus its metadata
+    let max_len = max_pixels().saturating_mul(8).saturating_add(64 << 20);
+    if let Ok(m) = std::fs::metadata(path)
+        && m.len() > max_len
+    {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            msg: format!(
+                "file is {} MB, more than an image within the limit of {:.1} megapixels \
+                 can take (raise --max-pixels)",
+                m.len() >> 20,
+                max_pixels() as f64 / 1e6
+            ),
+        });
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     decode_image(&bytes, path, exif_orientation)
 }

@@ -116,6 +116,37 @@ impl DeConfig {
     }
 }
 
+/// The parameters of a result that sit on (within 0.1% of) a bound of the search box: ratios
+/// at 1 (a duplicate of the square anchor) or 4, scales at 0.4 or 2. Such a result is limited
+/// by the box, not by the data; one message per parameter.
+pub fn on_bounds(r: &DeResult) -> Vec<String> {
+    let near = |v: f64, b: f64| (v - b).abs() <= 1e-3 * b;
+    let mut v = vec![];
+    // ratios are [1/r_m, ..., 1/r_1, 1, r_1, ..., r_m] ascending: the parameters follow the 1
+    let params = &r.ratios[r.ratios.len().div_ceil(2).min(r.ratios.len())..];
+    for &x in params {
+        for (b, which) in [(R_LO, "lower"), (R_HI, "upper")] {
+            if near(x, b) {
+                v.push(format!(
+                    "--method de: ratio {x:.4} (and 1/{x:.4}) sits on the {which} bound {b} of \
+                     its search range [{R_LO}, {R_HI}]"
+                ));
+            }
+        }
+    }
+    for &x in &r.scales {
+        for (b, which) in [(S_LO, "lower"), (S_HI, "upper")] {
+            if near(x, b) {
+                v.push(format!(
+                    "--method de: scale {x:.4} sits on the {which} bound {b} of its search \
+                     range [{S_LO}, {S_HI}]"
+                ));
+            }
+        }
+    }
+    v
+}
+
 /// Shapes (stride units, ratio-major like mmdet) of ratios x scales.
 pub fn product_shapes(ratios: &[f64], scales: &[f64], octave_base_scale: f64) -> Vec<[f32; 2]> {
     let mut v = Vec::with_capacity(ratios.len() * scales.len());
@@ -308,5 +339,35 @@ pub fn de(p: &ShapeProblem, cfg: &DeConfig) -> DeResult {
         evaluations: evals,
         converged,
         seed: cfg.seed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_on_a_bound_are_reported() {
+        let r = |ratios: Vec<f64>, scales: Vec<f64>| DeResult {
+            ratios,
+            scales,
+            value: 0.0,
+            value_de: 0.0,
+            generations: 1,
+            evaluations: 1,
+            converged: true,
+            seed: 0,
+        };
+        assert!(on_bounds(&r(vec![0.5, 1.0, 2.0], vec![0.7, 1.0, 1.3])).is_empty());
+        // the fixed ratio 1 is never reported; a scale at 0.4 and a ratio at 4 are
+        let w = on_bounds(&r(vec![0.25, 1.0, 4.0], vec![0.4, 1.0, 1.99999]));
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("ratio 4.0000") && w[0].contains("upper bound 4"));
+        assert!(w[1].contains("scale 0.4000") && w[1].contains("lower bound 0.4"));
+        assert!(w[2].contains("upper bound 2"));
+        // a ratio pair collapsed onto 1 (duplicates the square anchor)
+        let w = on_bounds(&r(vec![1.0, 1.0, 1.0], vec![1.0]));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("lower bound 1"));
     }
 }

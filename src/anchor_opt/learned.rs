@@ -88,6 +88,8 @@ pub struct LearnedResult {
     pub iterations: usize,
     pub init: LearnedInit,
     pub seed: u64,
+    /// The optimized shapes were not better than the initialization, which is returned.
+    pub kept_init: bool,
 }
 
 /// Mean over all boxes of the squared log error to the IoU-matched shape.
@@ -166,6 +168,8 @@ pub fn learned(p: &ShapeProblem, cfg: &LearnedConfig) -> LearnedResult {
                 .collect()
         }
     };
+    // k-means returns fewer shapes than asked when there are fewer distinct boxes
+    let k = theta.len();
     let to_shapes = |t: &[[f64; 2]]| -> Vec<[f32; 2]> {
         t.iter()
             .map(|x| [x[0].exp() as f32, x[1].exp() as f32])
@@ -272,7 +276,8 @@ pub fn learned(p: &ShapeProblem, cfg: &LearnedConfig) -> LearnedResult {
     bar.finish();
     let mut shapes = to_shapes(&theta);
     let mut loss = loc_loss(p, &shapes);
-    if loss > loc0 {
+    let kept_init = loss > loc0;
+    if kept_init {
         // the mini-batch noise did not beat the start (e.g. a converged k-means init)
         shapes = init_shapes;
         loss = loc0;
@@ -287,5 +292,37 @@ pub fn learned(p: &ShapeProblem, cfg: &LearnedConfig) -> LearnedResult {
         iterations: cfg.iterations,
         init: cfg.init,
         seed: cfg.seed,
+        kept_init,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_shapes_than_boxes_does_not_panic() {
+        // k-means cannot make 4 shapes of 3 boxes; the learned steps run on what it returns
+        let p = ShapeProblem::new(
+            vec![10.0, 30.0, 40.0],
+            vec![20.0, 12.0, 40.0],
+            Some(&[8, 16, 32]),
+        );
+        let r = learned(
+            &p,
+            &LearnedConfig {
+                k: 4,
+                init: LearnedInit::Kmeans,
+                iterations: 20,
+                warmup: 5,
+                ..LearnedConfig::default()
+            },
+        );
+        assert!(
+            !r.shapes.is_empty() && r.shapes.len() <= 3,
+            "{:?}",
+            r.shapes
+        );
+        assert!(r.loc_loss <= r.loc_loss_init);
     }
 }

@@ -56,10 +56,6 @@ pub fn plot(path: &Path, w: &[f32], h: &[f32], sets: &[Marked], title: &str) -> 
         hist[bin(*b) * BINS + bin(*a)] += 1;
     }
     let maxc = hist.iter().cloned().max().unwrap_or(1).max(1) as f32;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let text = font_registered();
     const SIZE: (u32, u32) = (900, 860);
     let mut rgb = vec![255u8; (SIZE.0 * SIZE.1 * 3) as usize];
@@ -136,15 +132,8 @@ pub fn plot(path: &Path, w: &[f32], h: &[f32], sets: &[Marked], title: &str) -> 
     }
     let img = image::RgbImage::from_raw(SIZE.0, SIZE.1, rgb)
         .ok_or_else(|| Error::InvalidInput(format!("{}: plot buffer size", path.display())))?;
-    let tmp = tempfile::Builder::new()
-        .suffix(".png")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    img.write_to(
-        &mut std::io::BufWriter::new(tmp.as_file()),
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| Error::InvalidInput(format!("{}: plot: {e}", path.display())))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| Error::InvalidInput(format!("{}: plot: {e}", path.display())))?;
+    crate::fsutil::write_atomic(path, png.get_ref())
 }

@@ -96,6 +96,10 @@ pub struct Optimized {
     pub details: serde_json::Value,
     /// mmdetection `anchor_generator=dict(...)` snippet.
     pub mmdet: String,
+    /// What the user should know about this result (parameters on a search bound, no
+    /// improvement over the initialization, more shapes than distinct boxes); printed as
+    /// warnings. [`compare_warnings`] adds the comparison with the default anchors.
+    pub warnings: Vec<String>,
 }
 
 /// Shape problem of the mapped boxes for a layout.
@@ -143,11 +147,23 @@ fn found_shapes(
     Ok((shapes, prior, (objective.to_string(), value), details, None))
 }
 
+/// Number of distinct box shapes (w, h) of the mapped boxes.
+pub fn distinct_shapes(input: &InputBoxes) -> usize {
+    let (w, h) = input.wh();
+    let set: std::collections::HashSet<(u32, u32)> = w
+        .iter()
+        .zip(&h)
+        .map(|(a, b)| (a.to_bits(), b.to_bits()))
+        .collect();
+    set.len()
+}
+
 /// Run the chosen optimizer.
 ///
-/// Errors: [`Error::InvalidInput`] when there are no boxes, k is 0, or the layout / method cannot
-/// hold k (`de` needs k = (2m + 1) x S with S = 3 when k is a multiple of 3, else S = 1, and the
-/// fpn layout).
+/// Errors: [`Error::InvalidInput`] when there are no boxes, k is 0, k is larger than the number
+/// of distinct box shapes (kmeans, evolve, learned: k shapes cannot be fitted to fewer boxes),
+/// or the layout / method cannot hold k (`de` needs k = (2m + 1) x S with S = 3 when k is a
+/// multiple of 3, else S = 1, and the fpn layout).
 pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
     if input.is_empty() {
         return Err(Error::InvalidInput("the dataset has no boxes".into()));
@@ -155,9 +171,26 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
     if o.k == 0 {
         return Err(Error::InvalidInput("--k must be at least 1".into()));
     }
+    let distinct = distinct_shapes(input);
+    if o.k > distinct && o.method != Method::De {
+        return Err(Error::InvalidInput(format!(
+            "--k {} is more than the {distinct} distinct box shape(s) of the dataset ({} boxes); \
+             {:?} cannot place more shapes than there are boxes: use --k {distinct} or fewer",
+            o.k,
+            input.len(),
+            o.method
+        )));
+    }
     if o.layout == Layout::Free {
         // fail early, before spending time
         AnchorSet::layout_shapes(&vec![[1.0, 1.0]; o.k], o.layout, &o.strides)?;
+    }
+    let mut warnings = vec![];
+    if o.k > distinct {
+        warnings.push(format!(
+            "k = {} is more than the {distinct} distinct box shape(s) of the dataset",
+            o.k
+        ));
     }
     let p = problem(input, o.layout, &o.strides);
     let t = Instant::now();
@@ -229,6 +262,7 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 ..DeConfig::default()
             };
             let r = de(&p, &cfg);
+            warnings.extend(super::de::on_bounds(&r));
             let abs_scales: Vec<f64> = r.scales.iter().map(|s| s * cfg.octave_base_scale).collect();
             let mg = MmdetAnchorGenerator::Anchor {
                 strides: o.strides.clone(),
@@ -255,6 +289,13 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
                 ..LearnedConfig::default()
             };
             let r = learned(&p, &cfg);
+            if r.kept_init {
+                warnings.push(format!(
+                    "--method learned did not improve its {:?} initialization (log-space loss \
+                     {:.4}); the result is that initialization",
+                    r.init, r.loc_loss_init
+                ));
+            }
             let details = serde_json::json!({
                 "init": r.init, "iterations": r.iterations, "loc_loss_init": r.loc_loss_init,
                 "mean_iou": r.mean_iou, "mean_iou_init": r.mean_iou_init,
@@ -277,7 +318,27 @@ pub fn optimize(input: &InputBoxes, o: &OptimizeOptions) -> Result<Optimized> {
         seconds,
         details,
         mmdet: generator.to_python(),
+        warnings,
     })
+}
+
+/// Warnings from comparing the optimized anchors with the default ones on the grid: the
+/// optimized set has a lower recall at IoU >= 0.5 or a lower mean best IoU than the defaults.
+pub fn compare_warnings(default: &SetReport, optimized: &SetReport) -> Vec<String> {
+    let (d, o) = (&default.grid, &optimized.grid);
+    if o.recall50 < d.recall50 || o.mean_best_iou < d.mean_best_iou {
+        vec![format!(
+            "the optimized anchors are worse than the default anchors on this dataset (grid \
+             recall at IoU >= 0.5: {:.1}% -> {:.1}%, mean best IoU {:.3} -> {:.3}); keep the \
+             defaults or try another --method",
+            100.0 * d.recall50,
+            100.0 * o.recall50,
+            d.mean_best_iou,
+            o.mean_best_iou
+        )]
+    } else {
+        vec![]
+    }
 }
 
 /// Everything measured for one anchor set.

@@ -6,11 +6,12 @@ use anchorkit::anchor_opt::assign::GridConfig;
 use anchorkit::anchor_opt::learned::LearnedInit;
 use anchorkit::anchor_opt::plot;
 use anchorkit::anchor_opt::report::table;
-use anchorkit::anchor_opt::run::{Assigner, Method, OptimizeOptions, evaluate, optimize};
+use anchorkit::anchor_opt::run::{
+    Assigner, Method, OptimizeOptions, compare_warnings, evaluate, optimize,
+};
 use anchorkit::dataset::{self, Format, InputBoxes, ReadOptions, Resize};
 use anchorkit::spec::ResizeRule;
-use anyhow::{Context, bail};
-use std::io::Write;
+use anyhow::bail;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -110,19 +111,10 @@ fn parse_wh(s: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
-/// Write bytes atomically (temp file in the same directory + rename).
+/// Write bytes atomically (temp file in the same directory + rename; file modes as
+/// `anchorkit::fsutil` describes).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("{}: write failed", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    Ok(())
+    Ok(anchorkit::fsutil::write_atomic(path, bytes)?)
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -133,6 +125,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         split: a.split.clone(),
         assume_size: a.orig_size,
     };
+    // outputs are checked before the (possibly long) optimization; none may be the dataset
+    let inputs = anchorkit::fsutil::InputSet::new([&a.dataset]);
+    for (flag, p) in [
+        ("--plot", &a.plot),
+        ("--json", &a.json),
+        ("--write-spec", &a.write_spec),
+    ] {
+        if let Some(p) = p {
+            anchorkit::fsutil::check_output(flag, p, &inputs)?;
+        }
+    }
     let ds = dataset::load(&a.dataset, a.format, &opts)?;
     let rule = match a.resize {
         ResizeArg::KeepRatio => {
@@ -226,6 +229,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let best = evaluate(&input, "optimized", &opt.prior, &a.strides, &cfg)?;
     println!();
     print!("{}", table(&[&def, &best], a.assigner));
+    let mut warnings = opt.warnings.clone();
+    warnings.extend(compare_warnings(&def, &best));
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     if let Some(p) = &a.plot {
         let (w, h) = input.wh();
         let mark = |r: &anchorkit::anchor_opt::run::SetReport| -> Vec<Vec<[f32; 2]>> {
@@ -267,6 +275,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "optimized": opt,
             "default_report": def,
             "optimized_report": best,
+            "warnings": warnings,
         });
         write_atomic(p, serde_json::to_string_pretty(&rep)?.as_bytes())?;
         println!("wrote report {}", p.display());

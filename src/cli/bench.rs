@@ -523,6 +523,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => None,
         },
     };
+    let (rounds, note) = plan.checked_rounds(args.rounds)?;
+    if let Some(n) = note {
+        eprintln!("anchorkit: {n}");
+    }
+    // read before measuring: a bad baseline fails now, not after the run
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(bench::read_report)
+        .transpose()?;
+    if let Some(p) = &args.json {
+        anchorkit::fsutil::check_output("--json", p, &Default::default())?;
+    }
     let (blobs, source) = load_blobs(&args)?;
 
     let t = Instant::now();
@@ -574,7 +587,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     // The measured loop and the bare runs alternate round by round (same load for both).
-    let rounds = args.rounds.max(1);
     let mut m = Measured::default();
     let mut offset = 0usize;
     for r in 0..rounds {
@@ -651,9 +663,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|g| g.precision().to_string()),
     };
     print!("{}", report.table());
-    if let Some(p) = &args.baseline {
-        let base = bench::read_report(p)?;
-        print!("{}", report.compare(&base));
+    if let Some(base) = &baseline {
+        for w in report.baseline_mismatches(base) {
+            eprintln!("warning: {w}");
+        }
+        print!("{}", report.compare(base));
     }
     if let Some(p) = &args.json {
         anchorkit::eval::coco::write_json_atomic(p, &report)?;

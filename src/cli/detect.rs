@@ -1,6 +1,6 @@
 //! `anchorkit detect`: run a detector on files, directories and globs; write JSONL / CSV / COCO
 //! results / annotated images, or print a summary. A bad image is reported and skipped; the exit
-//! code is 1 if any input failed.
+//! code is 1 if any input failed, 130 when interrupted (the results done so far are written).
 
 use super::RuntimeArgs;
 use anchorkit::Detector;
@@ -49,6 +49,10 @@ pub struct Args {
     /// DIR/<stem>.meta.json, to feed the Python reference the identical tensor.
     #[arg(long, value_name = "DIR", hide = true)]
     pub dump_input: Option<PathBuf>,
+    /// Refuse images of more than N pixels (decompression bombs); checked from the header,
+    /// before decoding.
+    #[arg(long, value_name = "N", default_value_t = preprocess::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Images per `Session::run` (images of one padded shape run together; needs a graph with
@@ -132,6 +136,27 @@ fn ms(d: Duration, n: u32) -> f64 {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    preprocess::set_max_pixels(args.max_pixels)?;
+    // every output is checked before the model loads: never after the work, never an input
+    let items = expand(&args.inputs);
+    let draw_dests = {
+        let inputs: Vec<PathBuf> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Path(p) => Some(p.clone()),
+                Item::Bad(..) => None,
+            })
+            .collect();
+        let files: Vec<(&str, &Path)> = [
+            ("--jsonl", &args.jsonl),
+            ("--csv", &args.csv),
+            ("--coco-results", &args.coco_results),
+        ]
+        .into_iter()
+        .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
+        .collect();
+        output::check_detect_outputs(&files, args.draw.as_deref(), &inputs)?
+    };
     let (model, spec) = super::resolve_model(args.model.as_deref(), args.spec.as_deref())?;
     let batch = args.batch;
     if batch == 0 {
@@ -172,9 +197,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         w.write_all(output::CSV_HEADER.as_bytes())?;
     }
     let mut coco: Vec<output::CocoResult> = vec![];
-    let mut drawn = std::collections::HashSet::new();
 
-    let items = expand(&args.inputs);
     let n_paths = items.iter().filter(|i| matches!(i, Item::Path(_))).count();
     let pb = if items.len() > 1 {
         let pb = ProgressBar::new(n_paths as u64);
@@ -222,7 +245,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut first = Times::default();
     let wall = Instant::now();
     let stdout = std::io::stdout();
+    anchorkit::fsutil::interrupt::set_cooperative(true);
     loop {
+        if anchorkit::fsutil::interrupt::interrupted() {
+            break;
+        }
         let chunk: Vec<_> = rx.iter().take(batch).collect();
         if chunk.is_empty() {
             break;
@@ -312,43 +339,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            if let Some(dir) = &args.draw {
-                let name = path
-                    .file_name()
-                    .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-                let keep = matches!(
-                    path.extension()
-                        .and_then(|e| e.to_str())
-                        .map(str::to_ascii_lowercase)
-                        .as_deref(),
-                    Some("jpg" | "jpeg" | "png")
-                );
-                let mut dest = if keep {
-                    dir.join(&name)
-                } else {
-                    dir.join(&name).with_extension("png")
-                };
-                // Same file name from different directories: name-2.jpg, name-3.jpg, ...
-                let mut k = 1;
-                while !drawn.insert(dest.clone()) {
-                    k += 1;
-                    let stem = Path::new(&name)
-                        .file_stem()
-                        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-                    let ext = dest
-                        .extension()
-                        .map_or("png".into(), |e| e.to_string_lossy().into_owned());
-                    dest = dir.join(format!("{stem}-{k}.{ext}"));
-                }
-                if let Err(e) =
-                    output::save_image(&dest, &output::draw(&img, &rec.detections, &classes))
-                {
-                    failed += 1;
-                    report(&pb, &path.display().to_string(), &e.to_string());
-                }
+            if let Some(dest) = draw_dests.get(&path)
+                && let Err(e) =
+                    output::save_image(dest, &output::draw(&img, &rec.detections, &classes))
+            {
+                failed += 1;
+                report(&pb, &path.display().to_string(), &e.to_string());
             }
         }
     }
+    let interrupted = anchorkit::fsutil::interrupt::interrupted();
     let _ = decoder.join();
     pb.finish_and_clear();
     let wall = wall.elapsed();
@@ -403,7 +403,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             det.options().threads.to_string()
         }
     );
-    Ok(if failed > 0 {
+    Ok(if interrupted {
+        eprintln!(
+            "anchorkit: interrupted after {n} image{}; the results written are complete for those",
+            if n == 1 { "" } else { "s" }
+        );
+        ExitCode::from(anchorkit::fsutil::interrupt::EXIT_CODE)
+    } else if failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -113,15 +113,20 @@ fn parse_one(
             "no <size> element",
         ));
     };
-    let width = num_child(path, text, size, "width")? as u32;
-    let height = num_child(path, text, size, "height")? as u32;
-    if width == 0 || height == 0 {
-        return Err(derr(
-            path,
-            Some(xml::line_of(text, size.start)),
-            "image width or height is 0",
-        ));
+    let mut wh = [0u32; 2];
+    for (k, tag) in ["width", "height"].iter().enumerate() {
+        // as written (mmdet: int(text)); reported as written when not a positive size
+        let v = num_child(path, text, size, tag)?;
+        if !(1.0..=u32::MAX as f64).contains(&v) {
+            return Err(derr(
+                path,
+                Some(xml::line_of(text, size.start)),
+                format!("image {tag} is {v}; it must be a positive number of pixels"),
+            ));
+        }
+        wh[k] = v as u32;
     }
+    let [width, height] = wh;
     let mut boxes = Vec::new();
     for obj in xml::find_all(text, "object", rs, re).map_err(unclosed)? {
         let (os, oe) = obj.inner;

@@ -390,9 +390,13 @@ pub enum Decoded {
 /// Output: `width * height * 3` bytes, rows top to bottom, equal to `cv2.imdecode`
 /// (`IMREAD_COLOR`, channels reversed) for grayscale, YCbCr and RGB JPEGs.
 ///
+/// The frame size in the header is checked against `max_pixels` before the output buffer is
+/// allocated (a SOF claiming 65000 x 65000 is an error, not a 12.7 GB allocation).
+///
 /// Errors: the libjpeg message (e.g. "Not a JPEG file: starts with 0x89 0x50", "Unsupported
-/// JPEG data precision 12") for data libjpeg cannot decode.
-pub fn decode(bytes: &[u8]) -> std::result::Result<Decoded, String> {
+/// JPEG data precision 12") for data libjpeg cannot decode; the size and the limit for an
+/// image of more than `max_pixels` pixels.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> std::result::Result<Decoded, String> {
     let Some(lib) = lib() else {
         return Ok(Decoded::Unsupported);
     };
@@ -403,6 +407,7 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Decoded, String> {
         unsafe {
             (lib.mem_src)(cp, bytes.as_ptr(), bytes.len() as c_ulong);
             (lib.read_header)(cp, 1);
+            super::check_pixels((*cp).image_width, (*cp).image_height, max_pixels)?;
             if !matches!((*cp).jpeg_color_space, JCS_GRAYSCALE | JCS_RGB | JCS_YCBCR) {
                 return Ok(None);
             }
@@ -501,9 +506,13 @@ mod tests {
             available(),
             "libjpeg.so.62 did not load: install libjpeg62-turbo (scripts/test-all.sh does)"
         );
-        let e = decode(b"\x89PNG\r\n\x1a\nxxxxxxxx").err().unwrap();
+        let e = decode(b"\x89PNG\r\n\x1a\nxxxxxxxx", u64::MAX)
+            .err()
+            .unwrap();
         assert!(e.contains("Not a JPEG file"), "{e}");
-        let e = decode(&[0xff, 0xd8, 0xff, 0xc0, 0, 3]).err().unwrap();
+        let e = decode(&[0xff, 0xd8, 0xff, 0xc0, 0, 3], u64::MAX)
+            .err()
+            .unwrap();
         assert!(!e.is_empty());
         // decoding still works after errors (the unwinding left no state behind)
         let mut enc = Vec::new();
@@ -511,7 +520,7 @@ mod tests {
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut enc, 95)
             .encode_image(&src)
             .unwrap();
-        let Decoded::Rgb(img, warn) = decode(&enc).unwrap() else {
+        let Decoded::Rgb(img, warn) = decode(&enc, u64::MAX).unwrap() else {
             panic!("unsupported")
         };
         assert_eq!((img.width(), img.height(), warn), (40, 24, None));
@@ -523,5 +532,13 @@ mod tests {
             .max()
             .unwrap();
         assert!(max_diff <= 12, "{max_diff}");
+        // a frame header claiming 65000 x 65000 is refused before the output buffer exists
+        let mut bomb = enc.clone();
+        let sof = bomb.windows(2).position(|x| x == [0xff, 0xc0]).unwrap();
+        bomb[sof + 5..sof + 9].copy_from_slice(&[0xfd, 0xe8, 0xfd, 0xe8]);
+        let e = decode(&bomb, 100_000_000).err().unwrap();
+        assert!(e.contains("65000x65000") && e.contains("limit"), "{e}");
+        assert!(matches!(decode(&enc, 960), Ok(Decoded::Rgb(..))));
+        assert!(decode(&enc, 959).is_err());
     }
 }

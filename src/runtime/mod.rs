@@ -262,6 +262,12 @@ impl Runtime {
         let rt_err = |e: ort::Error<ort::session::builder::SessionBuilder>| {
             Error::Runtime(format!("{}: {e}", model.display()))
         };
+        if model.is_dir() {
+            return Err(Error::Runtime(format!(
+                "{}: is a folder, not an ONNX model file",
+                model.display()
+            )));
+        }
         if !model.is_file() {
             return Err(Error::Runtime(format!(
                 "{}: model file not found",

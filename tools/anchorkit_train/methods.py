@@ -209,6 +209,9 @@ class TrainModel(nn.Module):
                 "score_thr": 0.05,
                 "iou_thr": self.iou_thr,
                 "max_per_img": 100,
+                # mmdet 3.x test_cfg of these heads: drop boxes of zero width or height
+                # (BaseDenseHead._bbox_post_process with min_bbox_size >= 0)
+                "min_bbox_size": 0.0,
                 "class_agnostic": False,
                 "rule": "mmdet",
             },
