@@ -127,14 +127,15 @@ pub struct ConfigValues {
 }
 
 /// Resize rule chosen with `--resize` (its size comes from `--size`, the config or the graph).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum ResizeChoice {
     /// Stretch to the input size.
     Stretch,
     /// Keep ratio, centred inside the input size, pad value 0.
     Letterbox,
     /// mmdet `Resize(keep_ratio=True, scale=(long, short))` on a graph with dynamic H, W.
-    #[value(name = "keep_ratio")]
+    #[cfg_attr(feature = "cli", value(name = "keep_ratio"))]
     KeepRatio,
 }
 
