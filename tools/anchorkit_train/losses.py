@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .anchors import bbox2delta, box_iou, delta2bbox
-from .assigners import atss_assign, max_iou_assign, piou_assign
+from .assigners import atss_assign, fcos_assign, max_iou_assign, piou_assign
 from .priors import (
     AnchorPriors,
     ExplicitAnchorPriors,
@@ -263,16 +263,27 @@ def piou_loss(
     gts: list[Tensor],
     labels: list[Tensor],
     regress_ranges: list[tuple[float, float]],
+    assigner: str = "piou",
 ) -> dict[str, Tensor]:
-    """Pseudo-IoU FCOS losses (PIOUHead, section 6.3): focal / num_pos, GIoU (weight 1.0)
-    weighted by centerness targets, centerness BCE / num_pos. `reg` holds distances in
-    stride units (ReLU applied in the head, `norm_on_bbox`)."""
+    """FCOS-style point-head losses (mmdet `FCOSHead.loss`; SHI-Labs `PIOUHead.loss`,
+    section 6.3): focal / num_pos, GIoU (weight 1.0) on decoded boxes weighted by the
+    centerness targets / their sum, centerness BCE / num_pos. `reg` holds distances in
+    stride units (ReLU applied in the head, `norm_on_bbox`). `assigner`: `"piou"`
+    (`piou_assign`: points inside the gt, Pseudo-IoU > 0.4) or `"fcos"` (`fcos_assign`:
+    centre sampling, radius 1.5)."""
+    if assigner not in ("piou", "fcos"):
+        raise ValueError(f"unknown point assigner {assigner!r}")
     bsz = cls_logits.shape[0]
     cls_t = torch.zeros_like(cls_logits)
     stride_of = torch.tensor(strides, dtype=torch.float32)[level_of_point]
     p_reg, p_pts, p_gt, p_ctr, p_str = [], [], [], [], []
     for b in range(bsz):
-        assigned, _ = piou_assign(points, level_of_point, gts[b], regress_ranges)
+        if assigner == "piou":
+            assigned, _ = piou_assign(points, level_of_point, gts[b], regress_ranges)
+        else:
+            assigned, _ = fcos_assign(
+                points, level_of_point, strides, gts[b], regress_ranges
+            )
         pos = torch.nonzero(assigned >= 0).squeeze(1)
         if pos.numel() == 0:
             continue
@@ -331,17 +342,26 @@ def compute_loss(
     num_classes: int,
     regress_ranges: list[tuple[float, float]] | None = None,
 ) -> dict[str, Tensor]:
-    """Dispatch to the loss of `method` in {"atss", "freeanchor", "retina", "piou"}."""
+    """Dispatch to the loss of `method` in {"atss", "freeanchor", "retina", "piou", "fcos"}."""
     cls, reg, ctr = outputs
     shapes = [(int(c.shape[2]), int(c.shape[3])) for c in cls]
     pri, counts, lvl = all_priors(priors, shapes)
     cls_f = flatten_levels(cls, num_classes)
-    if method == "piou":
+    if method in ("piou", "fcos"):
         reg_f = flatten_levels(reg, 4)
         ctr_f = flatten_levels(ctr, 1).squeeze(-1)
         assert regress_ranges is not None
         return piou_loss(
-            cls_f, reg_f, ctr_f, pri, lvl, priors.strides, gts, labels, regress_ranges
+            cls_f,
+            reg_f,
+            ctr_f,
+            pri,
+            lvl,
+            priors.strides,
+            gts,
+            labels,
+            regress_ranges,
+            assigner=method,
         )
     reg_f = flatten_levels(reg, 4)
     if method == "atss":

@@ -26,6 +26,7 @@ METHODS = (
     "retina_learned",
     "freeanchor_learned",
     "piou",
+    "fcos",
 )
 #: FCOS regress ranges for our three levels (max side distance in input pixels).
 REGRESS_RANGES = [(-1.0, 64.0), (64.0, 128.0), (128.0, 1e8)]
@@ -142,7 +143,7 @@ class TrainModel(nn.Module):
                 stacked=size.stacked,
             )
             self.priors = PointPriors(STRIDES, 0.5)
-            self.loss_kind, self.stds, self.iou_thr = "piou", None, 0.5
+            self.loss_kind, self.stds, self.iou_thr = method, None, 0.5
         self.detector = Detector(head, fpn_ch=size.feat, widths=size.widths)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -188,6 +189,7 @@ class TrainModel(nn.Module):
             "freeanchor": "retina",
             "retina": "retina",
             "piou": "fcos",
+            "fcos": "fcos",
         }[self.loss_kind]
         spec: dict[str, Any] = {
             "format": "anchorkit.detector/1",
