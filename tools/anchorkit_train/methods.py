@@ -70,6 +70,7 @@ class TrainModel(nn.Module):
         size: ModelSize = ModelSize(),
         shiftless_bn: bool = True,
         anchors_wh: Sequence[Sequence[tuple[float, float]]] | None = None,
+        bn_gamma_init: float = 1.0,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -112,6 +113,7 @@ class TrainModel(nn.Module):
                 num_classes,
                 9,
                 shiftless_bn_wh=learned and shiftless_bn,
+                bn_gamma_init=bn_gamma_init,
                 feat=size.feat,
                 stacked=size.stacked,
             )
@@ -125,6 +127,7 @@ class TrainModel(nn.Module):
                 num_classes,
                 9,
                 shiftless_bn_wh=learned and shiftless_bn,
+                bn_gamma_init=bn_gamma_init,
                 feat=size.feat,
                 stacked=size.stacked,
             )

@@ -119,6 +119,7 @@ class HeadConfig:
     scales: bool = False
     reg_relu: bool = False
     shiftless_bn_wh: bool = False
+    bn_gamma_init: float = 1.0
     gn_groups: int = 8
 
 
@@ -136,7 +137,9 @@ class ShiftlessBN(nn.Module):
     all levels in turn, and at test time shift each level's dw/dh by
     `gamma * (mu_level - mu_running) / sigma`."""
 
-    def __init__(self, num_anchors: int, num_levels: int) -> None:
+    def __init__(
+        self, num_anchors: int, num_levels: int, gamma_init: float = 1.0
+    ) -> None:
         super().__init__()
         self.a = num_anchors
         self.bns = nn.ModuleList(
@@ -146,6 +149,7 @@ class ShiftlessBN(nn.Module):
             assert isinstance(bn, nn.BatchNorm2d)
             nn.init.zeros_(bn.bias)
             bn.bias.requires_grad_(False)
+            nn.init.constant_(bn.weight, gamma_init)
 
     def forward(self, x: Tensor, level: int) -> Tensor:
         """`x` `[N, A*4, H, W]` of FPN level index `level` -> same shape, dw/dh normalised."""
@@ -186,7 +190,11 @@ class DenseHead(nn.Module):
         self.scales = (
             nn.ModuleList(Scale() for _ in range(num_levels)) if cfg.scales else None
         )
-        self.wh_bn = ShiftlessBN(a, num_levels) if cfg.shiftless_bn_wh else None
+        self.wh_bn = (
+            ShiftlessBN(a, num_levels, cfg.bn_gamma_init)
+            if cfg.shiftless_bn_wh
+            else None
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)

@@ -181,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         help="learned anchors: ablate the batch norm without shift on dw, dh",
     )
     ap.add_argument(
+        "--bn-gamma-init",
+        type=float,
+        default=1.0,
+        help="learned anchors: initial scale (gamma) of the shiftless batch norm",
+    )
+    ap.add_argument(
         "--anchors",
         type=Path,
         help="spec fragment of `anchorkit anchors --write-spec` with the anchor shapes "
@@ -229,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         ModelSize(),
         shiftless_bn=not a.no_shiftless_bn,
         anchors_wh=frag.per_level if frag is not None else None,
+        bn_gamma_init=a.bn_gamma_init,
     )
     anchors_rec = frag.record() if frag is not None else None
     opt = torch.optim.AdamW(param_groups(model, a.weight_decay), lr=a.lr)
