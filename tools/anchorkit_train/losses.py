@@ -34,6 +34,25 @@ def flatten_levels(maps: list[Tensor], k: int) -> Tensor:
     )
 
 
+def anchor_delta_targets(
+    anchors: Tensor, gts: Tensor, stds: tuple[float, ...]
+) -> Tensor:
+    """DeltaXYWH regression targets `[N, 4]` of aligned `anchors` and `gts` `[N, 4]` (mmdet
+    `DeltaXYWHBBoxCoder.encode`, means 0) in which only `dw = ln(gw / aw) / std`,
+    `dh = ln(gh / ah) / std` carry gradient to learned anchor shapes.
+
+    Zhong et al. (WACV 2020, Sec. 3) learn the anchor shape through the width/height terms of
+    the localisation loss (in their YOLOv2 form the centre offsets do not involve the anchor
+    size at all). With the RetinaNet coder `dx = (gx - ax) / aw` also depends on `aw`: its L1
+    gradient `-sign(dx' - dx) * dx` is negative whenever the network under-predicts an offset
+    (the usual shrinkage), so every positive pushes its anchor to grow regardless of how well
+    the shape fits; the anchor size is therefore detached in dx, dy. Same values as
+    `bbox2delta(anchors, gts, stds)`; for fixed anchors the two are identical."""
+    xy = bbox2delta(anchors.detach(), gts, stds)[:, :2]
+    wh = bbox2delta(anchors, gts, stds)[:, 2:]
+    return torch.cat([xy, wh], dim=1)
+
+
 def sigmoid_focal_loss(
     logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
 ) -> Tensor:
@@ -150,7 +169,7 @@ def freeanchor_loss(
             _, matched = iou_anchor.topk(k, dim=1, sorted=False)  # [G, K]
         matched_cls = cls_prob[b][matched, lab[:, None]]
         m_anchors = anchors[matched.reshape(-1)]
-        targets = bbox2delta(
+        targets = anchor_delta_targets(
             m_anchors, gt[:, None, :].expand(-1, k, -1).reshape(-1, 4), stds
         )
         preds = reg[b][matched.reshape(-1)]
@@ -248,7 +267,7 @@ def retina_loss(
     ).sum() / num_pos
     if not pos_reg:
         return {"loss_cls": loss_cls, "loss_bbox": reg.sum() * 0 + anchors.sum() * 0}
-    targets = bbox2delta(torch.cat(pos_anchor), torch.cat(pos_gt), stds)
+    targets = anchor_delta_targets(torch.cat(pos_anchor), torch.cat(pos_gt), stds)
     loss_bbox = (torch.cat(pos_reg) - targets).abs().sum() / num_pos
     return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
 
