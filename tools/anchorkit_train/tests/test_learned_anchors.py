@@ -144,3 +144,25 @@ def test_anchor_shapes_get_no_weight_decay() -> None:
     assert torch.allclose(conv.detach(), conv_before * (1 - 0.1 * 0.05))
     # methods without learned anchors: a single group with decay
     assert len(param_groups(TrainModel("retina", 3, SMALL), 0.05)) == 1
+
+
+def test_anchor_shapes_learn_through_dw_dh_only() -> None:
+    from tools.anchorkit_train.anchors import bbox2delta
+    from tools.anchorkit_train.losses import anchor_delta_targets
+
+    log_wh = torch.tensor([[20.0, 30.0]]).log().requires_grad_(True)
+    wh = log_wh.exp()
+    anchors = torch.cat([torch.tensor([[50.0, 50.0]]) - wh / 2, 50.0 + wh / 2], 1)
+    gts = torch.tensor([[45.0, 40.0, 75.0, 70.0]])  # centre (60, 55), 30 x 30
+    t = anchor_delta_targets(anchors, gts, (1.0, 1.0, 1.0, 1.0))
+    assert torch.allclose(t, bbox2delta(anchors, gts, (1.0, 1.0, 1.0, 1.0)))
+    assert torch.allclose(
+        t.detach(), torch.tensor([[10 / 20, 5 / 30, float(np.log(1.5)), 0.0]])
+    )
+    # an under-predicted centre offset (prediction 0) gives no anchor gradient ...
+    (t[:, :2].abs().sum()).backward(retain_graph=True)
+    assert log_wh.grad is None or float(log_wh.grad.abs().max()) == 0.0
+    # ... while the size terms do: d|0 - ln(gw / aw)| / d ln aw = -sign(ln(gw / aw))
+    (t[:, 2:].abs().sum()).backward()
+    assert log_wh.grad is not None
+    assert abs(float(log_wh.grad[0, 0]) + 1.0) < 1e-5
