@@ -70,7 +70,7 @@ class TrainModel(nn.Module):
         size: ModelSize = ModelSize(),
         shiftless_bn: bool = True,
         anchors_wh: Sequence[Sequence[tuple[float, float]]] | None = None,
-        bn_gamma_init: float = 1.0,
+        bn_gamma_init: float = 0.01,
     ) -> None:
         super().__init__()
         if method not in METHODS:

@@ -119,7 +119,7 @@ class HeadConfig:
     scales: bool = False
     reg_relu: bool = False
     shiftless_bn_wh: bool = False
-    bn_gamma_init: float = 1.0
+    bn_gamma_init: float = 0.01
     gn_groups: int = 8
 
 
@@ -135,10 +135,17 @@ class ShiftlessBN(nn.Module):
     the running statistics used in eval mode (and frozen into the exported graph) must be that
     level's too. A single BatchNorm shared by the levels would update one running mean/var with
     all levels in turn, and at test time shift each level's dw/dh by
-    `gamma * (mu_level - mu_running) / sigma`."""
+    `gamma * (mu_level - mu_running) / sigma`.
+
+    `gamma_init` (default 0.01): the regression conv starts with weights of std 0.01 (mmdet
+    `normal_init`) so that the initial deltas are about 0 (boxes = anchors); a unit gamma would
+    blow those tiny outputs up to unit-variance random log-size offsets (boxes = anchors times
+    `e^N(0,1)`): on BCCD at init that makes the L1 box loss 1.81 instead of 0.77 and the
+    box-loss gradient on the shared backbone/FPN 42x the classification one instead of 6x.
+    With 0.01 the head starts like the one without the batch norm (0.75, 4x)."""
 
     def __init__(
-        self, num_anchors: int, num_levels: int, gamma_init: float = 1.0
+        self, num_anchors: int, num_levels: int, gamma_init: float = 0.01
     ) -> None:
         super().__init__()
         self.a = num_anchors

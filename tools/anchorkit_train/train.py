@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--bn-gamma-init",
         type=float,
-        default=1.0,
-        help="learned anchors: initial scale (gamma) of the shiftless batch norm",
+        default=0.01,
+        help="learned anchors: initial scale (gamma) of the shiftless batch norm "
+        "(0.01: the head starts with deltas about 0, like the head without it)",
     )
     ap.add_argument(
         "--anchors",

@@ -166,3 +166,24 @@ def test_anchor_shapes_learn_through_dw_dh_only() -> None:
     (t[:, 2:].abs().sum()).backward()
     assert log_wh.grad is not None
     assert abs(float(log_wh.grad[0, 0]) + 1.0) < 1e-5
+
+
+def test_shiftless_bn_starts_with_deltas_near_zero() -> None:
+    # mmdet initialises the regression conv with std 0.01 so the first boxes are the anchors;
+    # the batch norm must not blow those outputs up to unit variance (gamma 1).
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 128, 160)
+    spread = {}
+    for g in (0.01, 1.0):
+        model = TrainModel("retina_learned", 3, SMALL, bn_gamma_init=g).train()
+        _, reg, _ = model(x)
+        spread[g] = max(float(wh_channels(r).std()) for r in reg)
+    assert spread[0.01] < 0.012
+    assert spread[1.0] > 0.9
+    default = TrainModel("retina_learned", 3, SMALL).detector.head.wh_bn
+    assert default is not None
+    assert all(
+        float(m.weight.max()) == float(np.float32(0.01))
+        for m in default.bns
+        if isinstance(m, torch.nn.BatchNorm2d)
+    )
