@@ -187,3 +187,22 @@ def test_shiftless_bn_starts_with_deltas_near_zero() -> None:
         for m in default.bns
         if isinstance(m, torch.nn.BatchNorm2d)
     )
+
+
+def test_old_shared_bn_checkpoint_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from tools.anchorkit_train.export import load_checkpoint
+
+    model = TrainModel("retina_learned", 3, ModelSize())
+    sd = {
+        k.replace("wh_bn.bns.0.", "wh_bn.bn."): v
+        for k, v in model.state_dict().items()
+        if "wh_bn.bns.1." not in k and "wh_bn.bns.2." not in k
+    }
+    ckpt = tmp_path / "old.pt"
+    torch.save({"model": sd, "method": "retina_learned"}, ckpt)
+    with pytest.raises(
+        ValueError, match="old.pt: trained with one shiftless batch norm"
+    ):
+        load_checkpoint(ckpt)
