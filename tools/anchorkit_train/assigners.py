@@ -1,7 +1,8 @@
-"""Label assignment: ATSS, max-IoU (RetinaNet) and Pseudo-IoU (FCOS points).
+"""Label assignment: ATSS, max-IoU (RetinaNet), FCOS centre sampling and Pseudo-IoU (points).
 
 Exactly as the upstream files do:
-mmdet `mmdet/core/bbox/assigners/atss_assigner.py`, `.../max_iou_assigner.py`, and
+mmdet `mmdet/core/bbox/assigners/atss_assigner.py`, `.../max_iou_assigner.py`,
+mmdet `mmdet/models/dense_heads/fcos_head.py` (`FCOSHead._get_target_single`), and
 SHI-Labs Pseudo-IoU `mmdet/models/dense_heads/piou_head.py`.
 All functions work on one image; `-1` / `0` conventions are documented per function.
 """
@@ -160,3 +161,57 @@ def piou_assign(
         (assigned >= 0) & (piou <= piou_thr), torch.full_like(idx, -1), assigned
     )
     return assigned, sel
+
+
+def fcos_assign(
+    points: Tensor,
+    level_of_point: Tensor,
+    strides: tuple[int, ...],
+    gts: Tensor,
+    regress_ranges: list[tuple[float, float]],
+    radius: float = 1.5,
+) -> tuple[Tensor, Tensor]:
+    """FCOS assignment with centre sampling (Tian et al. 2019; mmdet
+    `FCOSHead._get_target_single` with `center_sampling=True`, `center_sample_radius=1.5`).
+
+    Args:
+        points: `[N, 2]` (x, y) in input pixels; level_of_point: `[N]` level index into
+        `strides`; gts: `[G, 4]`; regress_ranges: per level `(lo, hi)` in input pixels.
+    Returns:
+        `(assigned [N] long gt index or -1, ltrb [N, 4] distances to the assigned gt)`.
+
+    A point is a candidate for a gt if it lies strictly inside the centre region: the box
+    `centre +- radius * stride` (stride of the point's level) clipped to the gt box, and
+    `lo <= max(l, t, r, b) <= hi` with the distances to the full gt box; among several
+    candidates' gts the smallest area wins (first index on ties, torch `min`).
+    """
+    n, g = points.shape[0], gts.shape[0]
+    if g == 0:
+        return points.new_full((n,), -1, dtype=torch.long), points.new_zeros((n, 4))
+    x = points[:, 0][:, None]
+    y = points[:, 1][:, None]
+    ltrb = torch.stack(
+        [x - gts[:, 0], y - gts[:, 1], gts[:, 2] - x, gts[:, 3] - y], dim=-1
+    )  # [N, G, 4]
+    cx = (gts[:, 0] + gts[:, 2]) / 2
+    cy = (gts[:, 1] + gts[:, 3]) / 2
+    r = (points.new_tensor(strides)[level_of_point] * radius)[:, None]  # [N, 1]
+    x0 = torch.maximum(cx[None, :] - r, gts[:, 0][None, :])
+    y0 = torch.maximum(cy[None, :] - r, gts[:, 1][None, :])
+    x1 = torch.minimum(cx[None, :] + r, gts[:, 2][None, :])
+    y1 = torch.minimum(cy[None, :] + r, gts[:, 3][None, :])
+    in_centre = (
+        torch.stack([x - x0, y - y0, x1 - x, y1 - y], dim=-1).min(dim=-1).values > 0
+    )
+    max_side = ltrb.max(dim=-1).values
+    rr = points.new_tensor(regress_ranges)[level_of_point]  # [N, 2]
+    in_range = (max_side >= rr[:, 0:1]) & (max_side <= rr[:, 1:2])
+    areas = (
+        ((gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1]))[None, :]
+        .expand(n, g)
+        .clone()
+    )
+    areas[~(in_centre & in_range)] = INF
+    min_area, idx = areas.min(dim=1)
+    assigned = torch.where(min_area == INF, torch.full_like(idx, -1), idx)
+    return assigned, ltrb[torch.arange(n), idx]

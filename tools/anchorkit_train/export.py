@@ -105,8 +105,17 @@ def parity(model: TrainModel, onnx_path: Path, inputs: list[np.ndarray]) -> floa
 
 def load_checkpoint(path: Path) -> tuple[TrainModel, dict[str, Any]]:
     """Rebuild the `TrainModel` of a `train.py` checkpoint (eval mode), with the explicit
-    anchors of its `--anchors` fragment (`st["anchors"]`) when it was trained with one."""
+    anchors of its `--anchors` fragment (`st["anchors"]`) when it was trained with one.
+
+    Raises `ValueError` naming the file for a learned-anchor checkpoint of the old layout
+    (one shiftless batch norm shared by all levels)."""
     st = torch.load(path, weights_only=False, map_location="cpu")
+    if "detector.head.wh_bn.bn.weight" in st["model"]:
+        raise ValueError(
+            f"{path}: trained with one shiftless batch norm shared by the FPN levels, "
+            "whose running statistics mix the levels (see models/MODELS.md); retrain it "
+            "with the current trainer (one batch norm per level)"
+        )
     rec = st.get("anchors")
     wh = None
     if rec is not None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .anchors import bbox2delta, box_iou, delta2bbox
-from .assigners import atss_assign, max_iou_assign, piou_assign
+from .assigners import atss_assign, fcos_assign, max_iou_assign, piou_assign
 from .priors import (
     AnchorPriors,
     ExplicitAnchorPriors,
@@ -32,6 +32,25 @@ def flatten_levels(maps: list[Tensor], k: int) -> Tensor:
     return torch.cat(
         [m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, k) for m in maps], dim=1
     )
+
+
+def anchor_delta_targets(
+    anchors: Tensor, gts: Tensor, stds: tuple[float, ...]
+) -> Tensor:
+    """DeltaXYWH regression targets `[N, 4]` of aligned `anchors` and `gts` `[N, 4]` (mmdet
+    `DeltaXYWHBBoxCoder.encode`, means 0) in which only `dw = ln(gw / aw) / std`,
+    `dh = ln(gh / ah) / std` carry gradient to learned anchor shapes.
+
+    Zhong et al. (WACV 2020, Sec. 3) learn the anchor shape through the width/height terms of
+    the localisation loss (in their YOLOv2 form the centre offsets do not involve the anchor
+    size at all). With the RetinaNet coder `dx = (gx - ax) / aw` also depends on `aw`: its L1
+    gradient `-sign(dx' - dx) * dx` is negative whenever the network under-predicts an offset
+    (the usual shrinkage), so every positive pushes its anchor to grow regardless of how well
+    the shape fits; the anchor size is therefore detached in dx, dy. Same values as
+    `bbox2delta(anchors, gts, stds)`; for fixed anchors the two are identical."""
+    xy = bbox2delta(anchors.detach(), gts, stds)[:, :2]
+    wh = bbox2delta(anchors, gts, stds)[:, 2:]
+    return torch.cat([xy, wh], dim=1)
 
 
 def sigmoid_focal_loss(
@@ -151,7 +170,7 @@ def freeanchor_loss(
             _, matched = iou_anchor.topk(k, dim=1, sorted=False)  # [G, K]
         matched_cls = cls_prob[b][matched, lab[:, None]]
         m_anchors = anchors[matched.reshape(-1)]
-        targets = bbox2delta(
+        targets = anchor_delta_targets(
             m_anchors, gt[:, None, :].expand(-1, k, -1).reshape(-1, 4), stds
         )
         preds = reg[b][matched.reshape(-1)]
@@ -249,7 +268,7 @@ def retina_loss(
     ).sum() / num_pos
     if not pos_reg:
         return {"loss_cls": loss_cls, "loss_bbox": reg.sum() * 0 + anchors.sum() * 0}
-    targets = bbox2delta(torch.cat(pos_anchor), torch.cat(pos_gt), stds)
+    targets = anchor_delta_targets(torch.cat(pos_anchor), torch.cat(pos_gt), stds)
     loss_bbox = (torch.cat(pos_reg) - targets).abs().sum() / num_pos
     return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
 
@@ -264,16 +283,27 @@ def piou_loss(
     gts: list[Tensor],
     labels: list[Tensor],
     regress_ranges: list[tuple[float, float]],
+    assigner: str = "piou",
 ) -> dict[str, Tensor]:
-    """Pseudo-IoU FCOS losses (PIOUHead `loss`): focal / num_pos, GIoU (weight 1.0)
-    weighted by centerness targets, centerness BCE / num_pos. `reg` holds distances in
-    stride units (ReLU applied in the head, `norm_on_bbox`)."""
+    """FCOS-style point-head losses (mmdet `FCOSHead.loss`; SHI-Labs `PIOUHead.loss`):
+    focal / num_pos, GIoU (weight 1.0) on decoded boxes weighted by the centerness targets /
+    their sum, centerness BCE / num_pos. `reg` holds distances in
+    stride units (ReLU applied in the head, `norm_on_bbox`). `assigner`: `"piou"`
+    (`piou_assign`: points inside the gt, Pseudo-IoU > 0.4) or `"fcos"` (`fcos_assign`:
+    centre sampling, radius 1.5)."""
+    if assigner not in ("piou", "fcos"):
+        raise ValueError(f"unknown point assigner {assigner!r}")
     bsz = cls_logits.shape[0]
     cls_t = torch.zeros_like(cls_logits)
     stride_of = torch.tensor(strides, dtype=torch.float32)[level_of_point]
     p_reg, p_pts, p_gt, p_ctr, p_str = [], [], [], [], []
     for b in range(bsz):
-        assigned, _ = piou_assign(points, level_of_point, gts[b], regress_ranges)
+        if assigner == "piou":
+            assigned, _ = piou_assign(points, level_of_point, gts[b], regress_ranges)
+        else:
+            assigned, _ = fcos_assign(
+                points, level_of_point, strides, gts[b], regress_ranges
+            )
         pos = torch.nonzero(assigned >= 0).squeeze(1)
         if pos.numel() == 0:
             continue
@@ -332,17 +362,26 @@ def compute_loss(
     num_classes: int,
     regress_ranges: list[tuple[float, float]] | None = None,
 ) -> dict[str, Tensor]:
-    """Dispatch to the loss of `method` in {"atss", "freeanchor", "retina", "piou"}."""
+    """Dispatch to the loss of `method` in {"atss", "freeanchor", "retina", "piou", "fcos"}."""
     cls, reg, ctr = outputs
     shapes = [(int(c.shape[2]), int(c.shape[3])) for c in cls]
     pri, counts, lvl = all_priors(priors, shapes)
     cls_f = flatten_levels(cls, num_classes)
-    if method == "piou":
+    if method in ("piou", "fcos"):
         reg_f = flatten_levels(reg, 4)
         ctr_f = flatten_levels(ctr, 1).squeeze(-1)
         assert regress_ranges is not None
         return piou_loss(
-            cls_f, reg_f, ctr_f, pri, lvl, priors.strides, gts, labels, regress_ranges
+            cls_f,
+            reg_f,
+            ctr_f,
+            pri,
+            lvl,
+            priors.strides,
+            gts,
+            labels,
+            regress_ranges,
+            assigner=method,
         )
     reg_f = flatten_levels(reg, 4)
     if method == "atss":

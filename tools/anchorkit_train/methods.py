@@ -26,6 +26,7 @@ METHODS = (
     "retina_learned",
     "freeanchor_learned",
     "piou",
+    "fcos",
 )
 #: FCOS regress ranges for our three levels (max side distance in input pixels).
 REGRESS_RANGES = [(-1.0, 64.0), (64.0, 128.0), (128.0, 1e8)]
@@ -69,6 +70,7 @@ class TrainModel(nn.Module):
         size: ModelSize = ModelSize(),
         shiftless_bn: bool = True,
         anchors_wh: Sequence[Sequence[tuple[float, float]]] | None = None,
+        bn_gamma_init: float = 0.01,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -111,6 +113,7 @@ class TrainModel(nn.Module):
                 num_classes,
                 9,
                 shiftless_bn_wh=learned and shiftless_bn,
+                bn_gamma_init=bn_gamma_init,
                 feat=size.feat,
                 stacked=size.stacked,
             )
@@ -131,7 +134,7 @@ class TrainModel(nn.Module):
                 stacked=size.stacked,
             )
             self.priors = PointPriors(STRIDES, 0.5)
-            self.loss_kind, self.stds, self.iou_thr = "piou", None, 0.5
+            self.loss_kind, self.stds, self.iou_thr = method, None, 0.5
         self.detector = Detector(head, fpn_ch=size.feat, widths=size.widths)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -177,6 +180,7 @@ class TrainModel(nn.Module):
             "freeanchor": "retina",
             "retina": "retina",
             "piou": "fcos",
+            "fcos": "fcos",
         }[self.loss_kind]
         spec: dict[str, Any] = {
             "format": "anchorkit.detector/1",

@@ -24,7 +24,8 @@ METHOD_TEXT = {
     "retina": "RetinaNet max-IoU 0.5/0.4, focal + L1",
     "retina_learned": "RetinaNet max-IoU 0.5/0.4 + learned anchors (Zhong et al.)",
     "freeanchor_learned": "FreeAnchor + learned anchors (Zhong et al.)",
-    "piou": "FCOS points + Pseudo-IoU 0.4",
+    "piou": "FCOS points + Pseudo-IoU 0.4 (points inside the gt), focal + GIoU + centerness",
+    "fcos": "FCOS points, centre sampling radius 1.5, focal + GIoU + centerness",
 }
 
 

@@ -1,5 +1,5 @@
-"""Assigners on hand-built boxes with known answers (mmdet
-`atss_assigner.py`, `max_iou_assigner.py`, PIOUHead)."""
+"""Assigners on hand-built boxes with known answers (mmdet `atss_assigner.py`,
+`max_iou_assigner.py`, `FCOSHead._get_target_single`, PIOUHead)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from tools.anchorkit_train.anchors import box_iou
 from tools.anchorkit_train.assigners import (
     atss_assign,
+    fcos_assign,
     max_iou_assign,
     piou_assign,
     pseudo_iou,
@@ -158,3 +159,47 @@ def test_piou_assign_relabels_low_piou_as_background() -> None:
     # Out of the regress range -> background even at the centre.
     assigned2, _ = piou_assign(pts[:1], lvl[:1], gt, [(64, 128)])
     assert assigned2.tolist() == [-1]
+
+
+def grid(stride: int, n: int) -> torch.Tensor:
+    """Points `((x + 0.5) * stride, (y + 0.5) * stride)` of an n x n map, row-major."""
+    c = (torch.arange(n, dtype=torch.float32) + 0.5) * stride
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+
+
+def test_fcos_centre_sampling_radius_1p5() -> None:
+    # gt 0..100 at stride 8: centre region 50 +- 12 = (38, 62) strictly; points at 4 + 8k
+    # inside it: 44, 52, 60 -> 3 x 3 positives; max side distance <= 60 is in P3's range.
+    pts = grid(8, 16)
+    lvl = torch.zeros(pts.shape[0], dtype=torch.long)
+    gt = t([[0, 0, 100, 100]])
+    assigned, ltrb = fcos_assign(pts, lvl, (8,), gt, [(-1.0, 64.0)])
+    pos = pts[assigned >= 0]
+    assert sorted({float(v) for v in pos[:, 0]}) == [44.0, 52.0, 60.0]
+    assert sorted({float(v) for v in pos[:, 1]}) == [44.0, 52.0, 60.0]
+    i = int(((pts[:, 0] == 44) & (pts[:, 1] == 60)).nonzero())
+    assert ltrb[i].tolist() == [44.0, 60.0, 56.0, 40.0]
+    # the same gt with Pseudo-IoU takes every point inside the box with PIoU > 0.4: more
+    p_assigned, _ = piou_assign(pts, lvl, gt, [(-1.0, 64.0)])
+    assert int((p_assigned >= 0).sum()) > 9
+    # a larger radius region is clipped to the gt box: a 10 px gt keeps one point
+    small = t([[100, 100, 110, 110]])
+    a2, _ = fcos_assign(grid(8, 16), lvl, (8,), small, [(-1.0, 64.0)])
+    assert (grid(8, 16)[a2 >= 0]).tolist() == [[108.0, 108.0]]
+
+
+def test_fcos_regress_range_and_smallest_area() -> None:
+    pts = t([[52, 52], [52, 52]])
+    lvl = torch.tensor([0, 1])
+    gts = t(
+        [[0, 0, 100, 100], [30, 30, 80, 80]]
+    )  # both contain (52, 52) near the centre
+    # P3 (stride 8): max side 52 for gt 0 (range ok) and 28 for gt 1 -> smaller area wins;
+    # P4 (stride 16): neither max side is >= 64 -> background.
+    assigned, _ = fcos_assign(
+        pts, lvl, (8, 16), gts, [(-1.0, 64.0), (64.0, 128.0)], radius=1.5
+    )
+    assert assigned.tolist() == [1, -1]
+    none, _ = fcos_assign(pts, lvl, (8, 16), t([]).reshape(0, 4), [(-1.0, 64.0)] * 2)
+    assert none.tolist() == [-1, -1]

@@ -106,3 +106,72 @@ def test_anchorkit_detect_matches_torch(bccd: Path, tmp_path: Path) -> None:
         assert np.abs(rb - d.boxes[:n]).max() < 1e-3
         # the white cell is found with a high score
         assert any(g["class_name"] == "WBC" and g["score"] > 0.5 for g in got)
+
+
+@pytest.mark.parametrize("name", ["bccd_fcos", "bccd_piou"])
+def test_anchorkit_detect_point_head_matches_reference(
+    bccd: Path, tmp_path: Path, name: str
+) -> None:
+    """FCOS-style point heads (points priors, `distance` coder scaled by stride, sigmoid
+    centerness multiplied into the score): `anchorkit detect` equals onnxruntime + the
+    reference post-processing on the identical network input."""
+    from tools.anchorkit_train.evaluate import onnx_infer
+
+    exe = find_binary()
+    if exe is None:
+        pytest.skip(
+            "no anchorkit binary under target/ (run cargo build or cargo test first)"
+        )
+    model = REPO / "models" / f"{name}.onnx"
+    if not model.is_file():
+        pytest.skip(f"{model} missing")
+    ids = ["BloodImage_00007", "BloodImage_00031"]
+    images = [str(bccd / "JPEGImages" / f"{i}.jpg") for i in ids]
+    out = tmp_path / "dets.jsonl"
+    dump = tmp_path / "dump"
+    env = dict(os.environ)
+    ort_lib = list(
+        (REPO / "tools" / ".venv").glob(
+            "lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*"
+        )
+    )
+    if ort_lib and "ORT_DYLIB_PATH" not in env:
+        env["ORT_DYLIB_PATH"] = str(ort_lib[0])
+    r = subprocess.run(
+        [
+            str(exe),
+            "detect",
+            "--model",
+            str(model),
+            "--jsonl",
+            str(out),
+            "--dump-input",
+            str(dump),
+            *images,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    rust = [json.loads(line) for line in out.read_text().splitlines()]
+    infer, _ = onnx_infer(model)
+    spec = load_spec(model)
+    assert spec.head.kind == "fcos"
+    for rec, i in zip(rust, ids, strict=True):
+        x = np.load(dump / f"{i}.npy")
+        meta = ImageMeta.from_json(json.loads((dump / f"{i}.meta.json").read_text()))
+        d = postprocess(spec, flatten_levels(spec, infer(x), meta), meta)
+        got = rec["detections"]
+        assert len(got) > 10
+        assert abs(len(got) - len(d.scores)) <= 1
+        n = min(len(got), len(d.scores)) - 1
+        rb = np.array([g["bbox"] for g in got[:n]], np.float64)
+        rs = np.array([g["score"] for g in got[:n]], np.float64)
+        rl = np.array([g["class_id"] for g in got[:n]])
+        assert np.abs(rs - d.scores[:n]).max() < 1e-5
+        assert (rl == d.labels[:n]).all()
+        assert np.abs(rb - d.boxes[:n]).max() < 1e-3
+        assert any(g["class_name"] == "WBC" and g["score"] > 0.5 for g in got)

@@ -28,7 +28,9 @@ from tools.reference.spec import parse_spec
 SMALL = ModelSize(widths=(8, 16, 16, 32, 32), feat=16, stacked=1)
 
 
-@pytest.mark.parametrize("method", ["atss", "freeanchor", "retina_learned", "piou"])
+@pytest.mark.parametrize(
+    "method", ["atss", "freeanchor", "retina_learned", "piou", "fcos"]
+)
 def test_two_steps_decrease_loss_on_fixed_batch(bccd: Path, method: str) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -79,7 +81,7 @@ def test_learned_anchors_receive_gradient() -> None:
     assert g is not None and float(g.abs().sum()) > 0
 
 
-@pytest.mark.parametrize("method", ["atss", "retina_learned"])
+@pytest.mark.parametrize("method", ["atss", "retina_learned", "fcos"])
 def test_export_parity_and_spec(bccd: Path, tmp_path: Path, method: str) -> None:
     torch.manual_seed(0)
     model = TrainModel(method, 3, SMALL).eval()
@@ -99,7 +101,18 @@ def test_export_parity_and_spec(bccd: Path, tmp_path: Path, method: str) -> None
     got = json.loads(meta[METADATA_KEY])
     assert got == spec
     assert m.opset_import[0].version == 17
-    assert got["head"]["kind"] == ("atss" if method == "atss" else "retina")
+    kinds = {"atss": "atss", "retina_learned": "retina", "fcos": "fcos"}
+    assert got["head"]["kind"] == kinds[method]
+    if method == "fcos":
+        assert got["head"]["priors"] == {"type": "points", "offset": 0.5}
+        assert got["head"]["coder"]["type"] == "distance"
+        assert got["head"]["coder"]["scale_by_stride"] is True
+        assert got["head"]["centerness"] is True
+        assert [lv["centerness"] for lv in got["head"]["levels"]] == [
+            "ctr_p3",
+            "ctr_p4",
+            "ctr_p5",
+        ]
     if method == "retina_learned":
         assert got["head"]["priors"]["type"] == "explicit_anchors"
         assert len(got["head"]["priors"]["per_level"]) == 3
