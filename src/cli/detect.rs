@@ -349,6 +349,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let interrupted = anchorkit::fsutil::interrupt::interrupted();
+    // a decoder blocked on a full channel ends when the receiver is gone (after an interrupt)
+    drop(rx);
     let _ = decoder.join();
     pb.finish_and_clear();
     let wall = wall.elapsed();
