@@ -376,6 +376,12 @@ fn sigint_in_a_batch_writes_the_finished_images_and_exits_130() {
         .status()
         .unwrap();
     assert!(kill.success());
+    // a run that does not stop is killed after 90 s, so the test fails instead of hanging
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(90));
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    });
     let rest = std::io::read_to_string(stdout).unwrap();
     let o = child.wait_with_output().unwrap();
     let e = stderr(&o);
