@@ -73,7 +73,13 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .reference.detect import IMAGE_EXTS
 from .reference.preprocess import ImageError, load_image, preprocess
-from .reference.spec import METADATA_KEY, DetectorSpec, SpecError, parse_spec
+from .reference.spec import (
+    METADATA_KEY,
+    DetectorSpec,
+    SpecError,
+    parse_spec,
+    set_spec,
+)
 
 # What onnxruntime raises for a model it cannot load or run.
 ORT_ERRORS = (
@@ -304,16 +310,6 @@ def drop_unused_opsets(model: onnx.ModelProto) -> None:
     keep = [o for o in model.opset_import if o.domain in used]
     del model.opset_import[:]
     model.opset_import.extend(keep)
-
-
-def with_spec(model: onnx.ModelProto, spec: dict[str, Any]) -> None:
-    """Replaces (or adds) the `anchorkit.detector` metadata entry."""
-    for p in list(model.metadata_props):
-        if p.key == METADATA_KEY:
-            model.metadata_props.remove(p)
-    e = model.metadata_props.add()
-    e.key = METADATA_KEY
-    e.value = json.dumps(spec)
 
 
 def derived_spec(spec: dict[str, Any], note: dict[str, Any]) -> dict[str, Any]:
@@ -655,7 +651,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
         }
         probe = cal.tensors[0]
     out_spec = derived_spec(spec, note)
-    with_spec(m, out_spec)
+    set_spec(m, out_spec)
     with tempfile.TemporaryDirectory(prefix="anchorkit-quantize-") as td:
         trial = Path(td) / "check.onnx"
         onnx.save(m, str(trial))
@@ -665,7 +661,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
             note["test_metrics"] = metrics
             note["test_split"] = f"{a.eval_voc} {a.eval_split}"
             out_spec = derived_spec(spec, note)
-            with_spec(m, out_spec)
+            set_spec(m, out_spec)
             print(
                 f"{a.eval_split}: AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}, per-class "
                 f"AP50 {json.dumps(metrics['per_class_AP50'])}",

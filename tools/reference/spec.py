@@ -395,6 +395,17 @@ def read_metadata_spec(model: Path) -> str | None:
     return None
 
 
+def set_spec(model: onnx.ModelProto, spec: dict[str, Any]) -> None:
+    """Replaces (or adds) the `anchorkit.detector` metadata entry of `model` with `spec` as
+    JSON; any other metadata entries stay."""
+    for p in list(model.metadata_props):
+        if p.key == METADATA_KEY:
+            model.metadata_props.remove(p)
+    e = model.metadata_props.add()
+    e.key = METADATA_KEY
+    e.value = json.dumps(spec)
+
+
 def load_spec(model: Path, spec_path: Path | None = None) -> DetectorSpec:
     """Finds and parses the spec of `model`: `spec_path`, else ONNX metadata, else a sidecar.
 

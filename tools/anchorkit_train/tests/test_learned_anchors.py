@@ -19,13 +19,13 @@ from tools.anchorkit_train.data import (
     load_voc,
     read_bgr,
 )
-from tools.anchorkit_train.export import METADATA_KEY, export_onnx, parity
+from tools.anchorkit_train.export import export_onnx, parity
 from tools.anchorkit_train.methods import ModelSize, TrainModel
 from tools.anchorkit_train.model import ShiftlessBN
 from tools.anchorkit_train.priors import LearnedAnchorPriors
 from tools.anchorkit_train.train import param_groups, train_step
 from tools.reference.preprocess import preprocess
-from tools.reference.spec import parse_spec
+from tools.reference.spec import METADATA_KEY, parse_spec
 
 SMALL = ModelSize(widths=(8, 16, 16, 32, 32), feat=16, stacked=1)
 
