@@ -210,6 +210,39 @@ def _positives(
     return torch.cat(bi), torch.cat(pi), torch.cat(gt)
 
 
+def _losses_without_positives(
+    loss_cls: Tensor, reg: Tensor, ctr: Tensor
+) -> dict[str, Tensor]:
+    """Losses of a batch without positives: box and centerness losses are 0, kept in the
+    graph of `reg` and `ctr` (mmdet `ATSSHead.loss`, `FCOSHead.loss`)."""
+    zero = reg.sum() * 0 + ctr.sum() * 0
+    return {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero}
+
+
+def _centerness_weighted_losses(
+    loss_cls: Tensor,
+    decoded: Tensor,
+    gt: Tensor,
+    ctr_logits: Tensor,
+    ctr_t: Tensor,
+    num_pos: float,
+    bbox_weight: float,
+) -> dict[str, Tensor]:
+    """Box and centerness losses over the positives (mmdet `ATSSHead.loss`,
+    `FCOSHead.loss`): `bbox_weight` * GIoU of `decoded` vs `gt` `[P, 4]` weighted by the
+    centerness targets `ctr_t` `[P]` / their sum, and centerness BCE of `ctr_logits` `[P]`
+    / `num_pos`; `loss_cls` is passed through."""
+    loss_bbox = (
+        bbox_weight
+        * (giou_loss(decoded, gt) * ctr_t).sum()
+        / max(1.0, float(ctr_t.sum()))
+    )
+    loss_ctr = (
+        F.binary_cross_entropy_with_logits(ctr_logits, ctr_t, reduction="sum") / num_pos
+    )
+    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
+
+
 def atss_loss(
     cls_logits: Tensor,
     reg: Tensor,
@@ -229,8 +262,7 @@ def atss_loss(
     num_pos = max(1.0, float(pi.numel()))
     loss_cls = sigmoid_focal_loss(cls_logits, cls_t).sum() / num_pos
     if pi.numel() == 0:
-        zero = reg.sum() * 0 + ctr.sum() * 0
-        return {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero}
+        return _losses_without_positives(loss_cls, reg, ctr)
     p_reg = reg[bi, pi]
     p_anc = anchors[pi]
     p_ctr = ctr[bi, pi]
@@ -239,13 +271,9 @@ def atss_loss(
     )
     ctr_t = centerness_target(centers.detach(), p_gt)
     decoded = delta2bbox(p_anc, p_reg, stds)
-    loss_bbox = (
-        2.0 * (giou_loss(decoded, p_gt) * ctr_t).sum() / max(1.0, float(ctr_t.sum()))
+    return _centerness_weighted_losses(
+        loss_cls, decoded, p_gt, p_ctr, ctr_t, num_pos, bbox_weight=2.0
     )
-    loss_ctr = (
-        F.binary_cross_entropy_with_logits(p_ctr, ctr_t, reduction="sum") / num_pos
-    )
-    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
 
 
 def retina_loss(
@@ -309,8 +337,7 @@ def piou_loss(
     num_pos = max(1.0, float(pi.numel()))
     loss_cls = sigmoid_focal_loss(cls_logits, cls_t).sum() / num_pos
     if pi.numel() == 0:
-        zero = reg.sum() * 0 + ctr.sum() * 0
-        return {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero}
+        return _losses_without_positives(loss_cls, reg, ctr)
     d = reg[bi, pi] * stride_of[pi][:, None]
     pts = points[pi]
     decoded = torch.stack(
@@ -323,12 +350,9 @@ def piou_loss(
         1,
     )
     ctr_t = centerness_target(pts, gt)
-    loss_bbox = (giou_loss(decoded, gt) * ctr_t).sum() / max(1.0, float(ctr_t.sum()))
-    loss_ctr = (
-        F.binary_cross_entropy_with_logits(ctr[bi, pi], ctr_t, reduction="sum")
-        / num_pos
+    return _centerness_weighted_losses(
+        loss_cls, decoded, gt, ctr[bi, pi], ctr_t, num_pos, bbox_weight=1.0
     )
-    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
 
 
 def all_priors(
