@@ -79,6 +79,7 @@ from .reference.spec import (
     SpecError,
     parse_spec,
     set_spec,
+    spec_object,
 )
 
 # What onnxruntime raises for a model it cannot load or run.
@@ -163,12 +164,7 @@ def read_spec_json(
             )
         text, src = found[0], f"{model_path} metadata `{METADATA_KEY}`"
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise QuantizeError(f"{src}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise QuantizeError(f"{src}: the spec is not a JSON object")
-    try:
+        obj = spec_object(text, src)
         parse_spec(obj, src)
     except SpecError as e:
         raise QuantizeError(str(e)) from None
