@@ -73,7 +73,14 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .reference.detect import IMAGE_EXTS
 from .reference.preprocess import ImageError, load_image, preprocess
-from .reference.spec import METADATA_KEY, DetectorSpec, SpecError, parse_spec
+from .reference.spec import (
+    METADATA_KEY,
+    DetectorSpec,
+    SpecError,
+    parse_spec,
+    set_spec,
+    spec_object,
+)
 
 # What onnxruntime raises for a model it cannot load or run.
 ORT_ERRORS = (
@@ -157,12 +164,7 @@ def read_spec_json(
             )
         text, src = found[0], f"{model_path} metadata `{METADATA_KEY}`"
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise QuantizeError(f"{src}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise QuantizeError(f"{src}: the spec is not a JSON object")
-    try:
+        obj = spec_object(text, src)
         parse_spec(obj, src)
     except SpecError as e:
         raise QuantizeError(str(e)) from None
@@ -304,16 +306,6 @@ def drop_unused_opsets(model: onnx.ModelProto) -> None:
     keep = [o for o in model.opset_import if o.domain in used]
     del model.opset_import[:]
     model.opset_import.extend(keep)
-
-
-def with_spec(model: onnx.ModelProto, spec: dict[str, Any]) -> None:
-    """Replaces (or adds) the `anchorkit.detector` metadata entry."""
-    for p in list(model.metadata_props):
-        if p.key == METADATA_KEY:
-            model.metadata_props.remove(p)
-    e = model.metadata_props.add()
-    e.key = METADATA_KEY
-    e.value = json.dumps(spec)
 
 
 def derived_spec(spec: dict[str, Any], note: dict[str, Any]) -> dict[str, Any]:
@@ -655,7 +647,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
         }
         probe = cal.tensors[0]
     out_spec = derived_spec(spec, note)
-    with_spec(m, out_spec)
+    set_spec(m, out_spec)
     with tempfile.TemporaryDirectory(prefix="anchorkit-quantize-") as td:
         trial = Path(td) / "check.onnx"
         onnx.save(m, str(trial))
@@ -665,7 +657,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
             note["test_metrics"] = metrics
             note["test_split"] = f"{a.eval_voc} {a.eval_split}"
             out_spec = derived_spec(spec, note)
-            with_spec(m, out_spec)
+            set_spec(m, out_spec)
             print(
                 f"{a.eval_split}: AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}, per-class "
                 f"AP50 {json.dumps(metrics['per_class_AP50'])}",

@@ -118,6 +118,46 @@ def pseudo_iou(ltrb: Tensor) -> Tensor:
     return inter / (2 * w * h - inter)
 
 
+def _point_gt_ltrb(points: Tensor, gts: Tensor) -> Tensor:
+    """Distances `[N, G, 4]` (left, top, right, bottom) from each point `[N, 2]` to the sides
+    of each gt `[G, 4]` (mmdet `FCOSHead._get_target_single`, `bbox_targets`)."""
+    x = points[:, 0][:, None]
+    y = points[:, 1][:, None]
+    return torch.stack(
+        [x - gts[:, 0], y - gts[:, 1], gts[:, 2] - x, gts[:, 3] - y], dim=-1
+    )
+
+
+def _in_regress_range(
+    ltrb: Tensor,
+    points: Tensor,
+    level_of_point: Tensor,
+    regress_ranges: list[tuple[float, float]],
+) -> Tensor:
+    """`[N, G]` bool: `lo <= max(l, t, r, b) <= hi` with `(lo, hi)` the regress range of the
+    point's level (mmdet `FCOSHead._get_target_single`, `inside_regress_range`)."""
+    max_side = ltrb.max(dim=-1).values
+    rr = points.new_tensor(regress_ranges)[level_of_point]  # [N, 2]
+    return (max_side >= rr[:, 0:1]) & (max_side <= rr[:, 1:2])
+
+
+def _smallest_area_candidate(gts: Tensor, candidate: Tensor) -> tuple[Tensor, Tensor]:
+    """Among each point's candidate gts (`candidate` `[N, G]` bool) the smallest-area one
+    (first index on ties, torch `min`; mmdet `FCOSHead._get_target_single`).
+
+    Returns `(assigned [N] long gt index or -1, idx [N] argmin index, also for -1 rows)`."""
+    n, g = candidate.shape
+    areas = (
+        ((gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1]))[None, :]
+        .expand(n, g)
+        .clone()
+    )
+    areas[~candidate] = INF
+    min_area, idx = areas.min(dim=1)
+    assigned = torch.where(min_area == INF, torch.full_like(idx, -1), idx)
+    return assigned, idx
+
+
 def piou_assign(
     points: Tensor,
     level_of_point: Tensor,
@@ -138,23 +178,10 @@ def piou_assign(
     n, g = points.shape[0], gts.shape[0]
     if g == 0:
         return points.new_full((n,), -1, dtype=torch.long), points.new_zeros((n, 4))
-    x = points[:, 0][:, None]
-    y = points[:, 1][:, None]
-    ltrb = torch.stack(
-        [x - gts[:, 0], y - gts[:, 1], gts[:, 2] - x, gts[:, 3] - y], dim=-1
-    )  # [N, G, 4]
+    ltrb = _point_gt_ltrb(points, gts)
     inside = ltrb.min(dim=-1).values > 0
-    max_side = ltrb.max(dim=-1).values
-    rr = points.new_tensor(regress_ranges)[level_of_point]  # [N, 2]
-    in_range = (max_side >= rr[:, 0:1]) & (max_side <= rr[:, 1:2])
-    areas = (
-        ((gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1]))[None, :]
-        .expand(n, g)
-        .clone()
-    )
-    areas[~(inside & in_range)] = INF
-    min_area, idx = areas.min(dim=1)
-    assigned = torch.where(min_area == INF, torch.full_like(idx, -1), idx)
+    in_range = _in_regress_range(ltrb, points, level_of_point, regress_ranges)
+    assigned, idx = _smallest_area_candidate(gts, inside & in_range)
     sel = ltrb[torch.arange(n), idx]
     piou = pseudo_iou(sel)
     assigned = torch.where(
@@ -188,14 +215,12 @@ def fcos_assign(
     n, g = points.shape[0], gts.shape[0]
     if g == 0:
         return points.new_full((n,), -1, dtype=torch.long), points.new_zeros((n, 4))
-    x = points[:, 0][:, None]
-    y = points[:, 1][:, None]
-    ltrb = torch.stack(
-        [x - gts[:, 0], y - gts[:, 1], gts[:, 2] - x, gts[:, 3] - y], dim=-1
-    )  # [N, G, 4]
+    ltrb = _point_gt_ltrb(points, gts)
     cx = (gts[:, 0] + gts[:, 2]) / 2
     cy = (gts[:, 1] + gts[:, 3]) / 2
     r = (points.new_tensor(strides)[level_of_point] * radius)[:, None]  # [N, 1]
+    x = points[:, 0][:, None]
+    y = points[:, 1][:, None]
     x0 = torch.maximum(cx[None, :] - r, gts[:, 0][None, :])
     y0 = torch.maximum(cy[None, :] - r, gts[:, 1][None, :])
     x1 = torch.minimum(cx[None, :] + r, gts[:, 2][None, :])
@@ -203,15 +228,6 @@ def fcos_assign(
     in_centre = (
         torch.stack([x - x0, y - y0, x1 - x, y1 - y], dim=-1).min(dim=-1).values > 0
     )
-    max_side = ltrb.max(dim=-1).values
-    rr = points.new_tensor(regress_ranges)[level_of_point]  # [N, 2]
-    in_range = (max_side >= rr[:, 0:1]) & (max_side <= rr[:, 1:2])
-    areas = (
-        ((gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1]))[None, :]
-        .expand(n, g)
-        .clone()
-    )
-    areas[~(in_centre & in_range)] = INF
-    min_area, idx = areas.min(dim=1)
-    assigned = torch.where(min_area == INF, torch.full_like(idx, -1), idx)
+    in_range = _in_regress_range(ltrb, points, level_of_point, regress_ranges)
+    assigned, idx = _smallest_area_candidate(gts, in_centre & in_range)
     return assigned, ltrb[torch.arange(n), idx]

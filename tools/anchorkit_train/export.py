@@ -31,14 +31,12 @@ import onnxruntime as ort
 import torch
 
 from ..reference.preprocess import preprocess
-from ..reference.spec import parse_spec
+from ..reference.spec import parse_spec, set_spec
 from .anchor_fragment import parse_fragment
 from .data import BCCD_CLASSES, load_voc, read_bgr
 from .evaluate import coco_eval, detect_all
 from .methods import ExportWrapper, ModelSize, TrainModel, num_anchors
 from .model import STRIDES
-
-METADATA_KEY = "anchorkit.detector"
 
 
 def export_onnx(
@@ -72,16 +70,6 @@ def export_onnx(
     tmp = path.with_suffix(path.suffix + ".tmp")
     onnx.save(m, str(tmp))
     os.replace(tmp, path)
-
-
-def set_spec(m: onnx.ModelProto, spec: dict[str, Any]) -> None:
-    """Replace/insert the `anchorkit.detector` metadata entry."""
-    for p in list(m.metadata_props):
-        if p.key == METADATA_KEY:
-            m.metadata_props.remove(p)
-    e = m.metadata_props.add()
-    e.key = METADATA_KEY
-    e.value = json.dumps(spec)
 
 
 def parity(model: TrainModel, onnx_path: Path, inputs: list[np.ndarray]) -> float:

@@ -188,6 +188,61 @@ def freeanchor_loss(
     return {"positive_bag_loss": positive, "negative_bag_loss": negative}
 
 
+def _positives(
+    cls_t: Tensor, assigned: list[Tensor], gts: list[Tensor], labels: list[Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Positives of a batch from per-image assignments (`assigned[b]` `[N]` long: gt index,
+    negative for background/ignored): sets their one-hot class targets to 1 in `cls_t`
+    `[B, N, C]` (in place) and returns `(image index [P], prior index [P], assigned gt boxes
+    [P, 4])`, image by image, priors in ascending order."""
+    bi, pi, gt = [], [], []
+    for b, a in enumerate(assigned):
+        pos = torch.nonzero(a >= 0).squeeze(1)
+        if pos.numel() == 0:
+            continue
+        cls_t[b, pos, labels[b][a[pos]]] = 1.0
+        bi.append(torch.full_like(pos, b))
+        pi.append(pos)
+        gt.append(gts[b][a[pos]])
+    if not pi:
+        none = torch.zeros(0, dtype=torch.long)
+        return none, none, torch.zeros((0, 4))
+    return torch.cat(bi), torch.cat(pi), torch.cat(gt)
+
+
+def _losses_without_positives(
+    loss_cls: Tensor, reg: Tensor, ctr: Tensor
+) -> dict[str, Tensor]:
+    """Losses of a batch without positives: box and centerness losses are 0, kept in the
+    graph of `reg` and `ctr` (mmdet `ATSSHead.loss`, `FCOSHead.loss`)."""
+    zero = reg.sum() * 0 + ctr.sum() * 0
+    return {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero}
+
+
+def _centerness_weighted_losses(
+    loss_cls: Tensor,
+    decoded: Tensor,
+    gt: Tensor,
+    ctr_logits: Tensor,
+    ctr_t: Tensor,
+    num_pos: float,
+    bbox_weight: float,
+) -> dict[str, Tensor]:
+    """Box and centerness losses over the positives (mmdet `ATSSHead.loss`,
+    `FCOSHead.loss`): `bbox_weight` * GIoU of `decoded` vs `gt` `[P, 4]` weighted by the
+    centerness targets `ctr_t` `[P]` / their sum, and centerness BCE of `ctr_logits` `[P]`
+    / `num_pos`; `loss_cls` is passed through."""
+    loss_bbox = (
+        bbox_weight
+        * (giou_loss(decoded, gt) * ctr_t).sum()
+        / max(1.0, float(ctr_t.sum()))
+    )
+    loss_ctr = (
+        F.binary_cross_entropy_with_logits(ctr_logits, ctr_t, reduction="sum") / num_pos
+    )
+    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
+
+
 def atss_loss(
     cls_logits: Tensor,
     reg: Tensor,
@@ -201,40 +256,24 @@ def atss_loss(
     """ATSS losses (mmdet `ATSSHead.loss`): focal (alpha .25, gamma 2) / num_pos,
     GIoU (weight 2.0) on decoded boxes weighted by the centerness target / sum(targets),
     centerness BCE / num_pos. `cls_logits` `[B, N, C]`, `reg` `[B, N, 4]`, `ctr` `[B, N]`."""
-    bsz = cls_logits.shape[0]
     cls_t = torch.zeros_like(cls_logits)
-    pos_reg, pos_anchor, pos_gt, pos_ctr = [], [], [], []
-    for b in range(bsz):
-        assigned, _ = atss_assign(anchors.detach(), num_per_level, gts[b])
-        pos = torch.nonzero(assigned >= 0).squeeze(1)
-        if pos.numel() == 0:
-            continue
-        cls_t[b, pos, labels[b][assigned[pos]]] = 1.0
-        pos_reg.append(reg[b, pos])
-        pos_anchor.append(anchors[pos])
-        pos_gt.append(gts[b][assigned[pos]])
-        pos_ctr.append(ctr[b, pos])
-    num_pos = max(1.0, float(sum(p.shape[0] for p in pos_reg)))
+    assigned = [atss_assign(anchors.detach(), num_per_level, g)[0] for g in gts]
+    bi, pi, p_gt = _positives(cls_t, assigned, gts, labels)
+    num_pos = max(1.0, float(pi.numel()))
     loss_cls = sigmoid_focal_loss(cls_logits, cls_t).sum() / num_pos
-    if not pos_reg:
-        zero = reg.sum() * 0 + ctr.sum() * 0
-        return {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero}
-    p_reg = torch.cat(pos_reg)
-    p_anc = torch.cat(pos_anchor)
-    p_gt = torch.cat(pos_gt)
-    p_ctr = torch.cat(pos_ctr)
+    if pi.numel() == 0:
+        return _losses_without_positives(loss_cls, reg, ctr)
+    p_reg = reg[bi, pi]
+    p_anc = anchors[pi]
+    p_ctr = ctr[bi, pi]
     centers = torch.stack(
         [(p_anc[:, 0] + p_anc[:, 2]) / 2, (p_anc[:, 1] + p_anc[:, 3]) / 2], 1
     )
     ctr_t = centerness_target(centers.detach(), p_gt)
     decoded = delta2bbox(p_anc, p_reg, stds)
-    loss_bbox = (
-        2.0 * (giou_loss(decoded, p_gt) * ctr_t).sum() / max(1.0, float(ctr_t.sum()))
+    return _centerness_weighted_losses(
+        loss_cls, decoded, p_gt, p_ctr, ctr_t, num_pos, bbox_weight=2.0
     )
-    loss_ctr = (
-        F.binary_cross_entropy_with_logits(p_ctr, ctr_t, reduction="sum") / num_pos
-    )
-    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
 
 
 def retina_loss(
@@ -248,28 +287,18 @@ def retina_loss(
     """RetinaNet (mmdet `retinanet_r50_fpn.py`): max-IoU 0.5/0.4 assignment, focal loss over
     non-ignored anchors / num_pos, L1 on encoded deltas / num_pos. Differentiable in
     `anchors` (learned anchors receive gradient through the delta targets)."""
-    bsz = cls_logits.shape[0]
     cls_t = torch.zeros_like(cls_logits)
-    valid = torch.ones(cls_logits.shape[:2], dtype=torch.bool)
-    pos_reg, pos_anchor, pos_gt = [], [], []
-    for b in range(bsz):
-        assigned = max_iou_assign(anchors.detach(), gts[b])
-        valid[b] = assigned != -2
-        pos = torch.nonzero(assigned >= 0).squeeze(1)
-        if pos.numel() == 0:
-            continue
-        cls_t[b, pos, labels[b][assigned[pos]]] = 1.0
-        pos_reg.append(reg[b, pos])
-        pos_anchor.append(anchors[pos])
-        pos_gt.append(gts[b][assigned[pos]])
-    num_pos = max(1.0, float(sum(p.shape[0] for p in pos_reg)))
+    assigned = [max_iou_assign(anchors.detach(), g) for g in gts]
+    valid = torch.stack([a != -2 for a in assigned])
+    bi, pi, p_gt = _positives(cls_t, assigned, gts, labels)
+    num_pos = max(1.0, float(pi.numel()))
     loss_cls = (
         sigmoid_focal_loss(cls_logits, cls_t) * valid[..., None]
     ).sum() / num_pos
-    if not pos_reg:
+    if pi.numel() == 0:
         return {"loss_cls": loss_cls, "loss_bbox": reg.sum() * 0 + anchors.sum() * 0}
-    targets = anchor_delta_targets(torch.cat(pos_anchor), torch.cat(pos_gt), stds)
-    loss_bbox = (torch.cat(pos_reg) - targets).abs().sum() / num_pos
+    targets = anchor_delta_targets(anchors[pi], p_gt, stds)
+    loss_bbox = (reg[bi, pi] - targets).abs().sum() / num_pos
     return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
 
 
@@ -293,34 +322,24 @@ def piou_loss(
     centre sampling, radius 1.5)."""
     if assigner not in ("piou", "fcos"):
         raise ValueError(f"unknown point assigner {assigner!r}")
-    bsz = cls_logits.shape[0]
     cls_t = torch.zeros_like(cls_logits)
     stride_of = torch.tensor(strides, dtype=torch.float32)[level_of_point]
-    p_reg, p_pts, p_gt, p_ctr, p_str = [], [], [], [], []
-    for b in range(bsz):
-        if assigner == "piou":
-            assigned, _ = piou_assign(points, level_of_point, gts[b], regress_ranges)
-        else:
-            assigned, _ = fcos_assign(
-                points, level_of_point, strides, gts[b], regress_ranges
-            )
-        pos = torch.nonzero(assigned >= 0).squeeze(1)
-        if pos.numel() == 0:
-            continue
-        cls_t[b, pos, labels[b][assigned[pos]]] = 1.0
-        p_reg.append(reg[b, pos])
-        p_pts.append(points[pos])
-        p_gt.append(gts[b][assigned[pos]])
-        p_ctr.append(ctr[b, pos])
-        p_str.append(stride_of[pos])
-    num_pos = max(1.0, float(sum(p.shape[0] for p in p_reg)))
+    if assigner == "piou":
+        assigned = [
+            piou_assign(points, level_of_point, g, regress_ranges)[0] for g in gts
+        ]
+    else:
+        assigned = [
+            fcos_assign(points, level_of_point, strides, g, regress_ranges)[0]
+            for g in gts
+        ]
+    bi, pi, gt = _positives(cls_t, assigned, gts, labels)
+    num_pos = max(1.0, float(pi.numel()))
     loss_cls = sigmoid_focal_loss(cls_logits, cls_t).sum() / num_pos
-    if not p_reg:
-        zero = reg.sum() * 0 + ctr.sum() * 0
-        return {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero}
-    d = torch.cat(p_reg) * torch.cat(p_str)[:, None]
-    pts = torch.cat(p_pts)
-    gt = torch.cat(p_gt)
+    if pi.numel() == 0:
+        return _losses_without_positives(loss_cls, reg, ctr)
+    d = reg[bi, pi] * stride_of[pi][:, None]
+    pts = points[pi]
     decoded = torch.stack(
         [
             pts[:, 0] - d[:, 0],
@@ -331,12 +350,9 @@ def piou_loss(
         1,
     )
     ctr_t = centerness_target(pts, gt)
-    loss_bbox = (giou_loss(decoded, gt) * ctr_t).sum() / max(1.0, float(ctr_t.sum()))
-    loss_ctr = (
-        F.binary_cross_entropy_with_logits(torch.cat(p_ctr), ctr_t, reduction="sum")
-        / num_pos
+    return _centerness_weighted_losses(
+        loss_cls, decoded, gt, ctr[bi, pi], ctr_t, num_pos, bbox_weight=1.0
     )
-    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
 
 
 def all_priors(

@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 
-from .export import METADATA_KEY
+from ..reference.spec import METADATA_KEY
 
 METHOD_TEXT = {
     "atss": "ATSS (k=9/level, mean+std), focal + GIoU + centerness",

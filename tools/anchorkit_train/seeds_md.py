@@ -21,8 +21,8 @@ from pathlib import Path
 
 import onnx
 
+from ..reference.spec import METADATA_KEY
 from .data import BCCD_CLASSES
-from .export import METADATA_KEY
 
 
 @dataclass(frozen=True)

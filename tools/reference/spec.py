@@ -395,6 +395,17 @@ def read_metadata_spec(model: Path) -> str | None:
     return None
 
 
+def set_spec(model: onnx.ModelProto, spec: dict[str, Any]) -> None:
+    """Replaces (or adds) the `anchorkit.detector` metadata entry of `model` with `spec` as
+    JSON; any other metadata entries stay."""
+    for p in list(model.metadata_props):
+        if p.key == METADATA_KEY:
+            model.metadata_props.remove(p)
+    e = model.metadata_props.add()
+    e.key = METADATA_KEY
+    e.value = json.dumps(spec)
+
+
 def load_spec(model: Path, spec_path: Path | None = None) -> DetectorSpec:
     """Finds and parses the spec of `model`: `spec_path`, else ONNX metadata, else a sidecar.
 
@@ -406,20 +417,23 @@ def load_spec(model: Path, spec_path: Path | None = None) -> DetectorSpec:
             text = spec_path.read_text()
         except OSError as e:
             raise SpecError(f"{spec_path}: cannot read spec ({e.strerror})") from None
-        return parse_spec(_loads(text, str(spec_path)), str(spec_path))
+        return parse_spec(spec_object(text, str(spec_path)), str(spec_path))
     raw = read_metadata_spec(model)
     if raw is not None:
         src = f"{model} metadata `{METADATA_KEY}`"
-        return parse_spec(_loads(raw, src), src)
+        return parse_spec(spec_object(raw, src), src)
     for cand in (model.with_name(model.name + ".json"), model.with_suffix(".json")):
         if cand.is_file():
-            return parse_spec(_loads(cand.read_text(), str(cand)), str(cand))
+            return parse_spec(spec_object(cand.read_text(), str(cand)), str(cand))
     raise SpecError(
         f"{model}: no detector spec (no `{METADATA_KEY}` metadata and no sidecar JSON); pass --spec PATH"
     )
 
 
-def _loads(text: str, source: str) -> dict[str, Any]:
+def spec_object(text: str, source: str) -> dict[str, Any]:
+    """Parses spec JSON `text` (from `source`, named in errors) into a JSON object, not yet
+    checked against the contract (`parse_spec` does that). Raises `SpecError` if it is not
+    valid JSON or not an object."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:

@@ -58,6 +58,19 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(inter / (area_a[:, None] + area_b[None, :] - inter))
 
 
+def bccd_calib_args(calib_list: Path) -> list[str]:
+    """`quantize` arguments: the BCCD ATSS model, calibrated on the BCCD images named in
+    `calib_list`."""
+    return [
+        "--model",
+        str(MODEL),
+        "--calib",
+        str(BCCD / "JPEGImages"),
+        "--calib-list",
+        str(calib_list),
+    ]
+
+
 def matched_share(
     ref: Detections, got: Detections, thr: float = 0.3
 ) -> tuple[float, int]:
@@ -94,12 +107,7 @@ def test_int8_keeps_the_spec_and_the_detections(tmp_path: Path) -> None:
     out = tmp_path / "atss.int8.onnx"
     rc = main(
         [
-            "--model",
-            str(MODEL),
-            "--calib",
-            str(BCCD / "JPEGImages"),
-            "--calib-list",
-            str(BCCD / "ImageSets" / "Main" / "trainval.txt"),
+            *bccd_calib_args(BCCD / "ImageSets" / "Main" / "trainval.txt"),
             "--num",
             "4",
             "--seed",
@@ -216,12 +224,7 @@ def test_bad_input_writes_nothing(
     lst.write_text("BloodImage_00000\nno_such_image\n")
     rc = main(
         [
-            "--model",
-            str(MODEL),
-            "--calib",
-            str(BCCD / "JPEGImages"),
-            "--calib-list",
-            str(lst),
+            *bccd_calib_args(lst),
             "--out",
             str(out),
         ]

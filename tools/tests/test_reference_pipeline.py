@@ -41,6 +41,12 @@ def nanodet(size: int) -> tuple[Path, Path]:
     return model, spec
 
 
+def detect_argv(model: Path, spec: Path, jsonl: Path, *rest: str) -> list[str]:
+    """`tools.reference.detect` arguments: `model` with the sidecar `spec`, detections to
+    `jsonl`, then `rest` (options and images)."""
+    return ["--model", str(model), "--spec", str(spec), "--jsonl", str(jsonl), *rest]
+
+
 def coco_images(n: int | None = None) -> list[Path]:
     imgs = sorted(IMAGES.glob("*.jpg"))
     return imgs if n is None else imgs[:n]
@@ -74,20 +80,7 @@ def test_nanodet_ap_on_subset(
 ) -> None:
     model, spec = nanodet(size)
     out = tmp_path / "dets.jsonl"
-    assert (
-        main(
-            [
-                "--model",
-                str(model),
-                "--spec",
-                str(spec),
-                "--jsonl",
-                str(out),
-                str(IMAGES),
-            ]
-        )
-        == 0
-    )
+    assert main(detect_argv(model, spec, out, str(IMAGES))) == 0
     assert len(out.read_text().splitlines()) == 198
     stats = coco_ap.evaluate(out, ANN)
     print(f"nanodet-m-{size}: {stats}")
@@ -150,19 +143,13 @@ def test_cli_bad_files_and_dumped_inputs(tmp_path: Path) -> None:
     text.write_text("not an image")
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     dump = tmp_path / "dump"
-    argv = [
-        "--model",
-        str(model),
-        "--spec",
-        str(spec),
-        "--dump-input",
-        str(dump),
-        "--jsonl",
-        str(a),
-    ]
     rc = main(
-        [
-            *argv,
+        detect_argv(
+            model,
+            spec,
+            a,
+            "--dump-input",
+            str(dump),
             imgs[0],
             str(empty),
             imgs[1],
@@ -170,7 +157,7 @@ def test_cli_bad_files_and_dumped_inputs(tmp_path: Path) -> None:
             str(text),
             str(tmp_path / "missing.jpg"),
             imgs[2],
-        ]
+        )
     )
     assert rc == 1  # failures reported, the rest written
     recs = [json.loads(line) for line in a.read_text().splitlines()]
@@ -180,22 +167,7 @@ def test_cli_bad_files_and_dumped_inputs(tmp_path: Path) -> None:
         f"{Path(i).stem}{ext}" for i in imgs for ext in (".npy", ".meta.json")
     )
     # Feeding the dumped tensors back gives the identical JSONL.
-    assert (
-        main(
-            [
-                "--model",
-                str(model),
-                "--spec",
-                str(spec),
-                "--input-from",
-                str(dump),
-                "--jsonl",
-                str(b),
-                *imgs,
-            ]
-        )
-        == 0
-    )
+    assert main(detect_argv(model, spec, b, "--input-from", str(dump), *imgs)) == 0
     assert b.read_text() == a.read_text()
 
 

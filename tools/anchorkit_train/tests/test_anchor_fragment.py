@@ -18,14 +18,14 @@ from tools.anchorkit_train.anchor_fragment import (
     read_fragment,
 )
 from tools.anchorkit_train.data import BCCD_CLASSES
-from tools.anchorkit_train.export import METADATA_KEY, export_onnx, load_checkpoint
+from tools.anchorkit_train.export import export_onnx, load_checkpoint
 from tools.anchorkit_train.methods import ModelSize, TrainModel
 from tools.anchorkit_train.model import STRIDES
 from tools.anchorkit_train.models_md import anchors_text
 from tools.anchorkit_train.priors import AnchorPriors, ExplicitAnchorPriors
 from tools.anchorkit_train.train import main as train_main
 from tools.reference.priors import level_priors
-from tools.reference.spec import parse_spec
+from tools.reference.spec import METADATA_KEY, parse_spec
 
 REPO = Path(__file__).resolve().parents[3]
 KMEANS = REPO / "models" / "anchors" / "bccd_kmeans9_fpn.json"

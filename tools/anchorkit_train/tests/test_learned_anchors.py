@@ -5,7 +5,9 @@ BCCD images, and the anchor shapes are updated by the loss only (no weight decay
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,15 +19,13 @@ from tools.anchorkit_train.data import (
     AugConfig,
     TrainSet,
     load_voc,
-    read_bgr,
 )
-from tools.anchorkit_train.export import METADATA_KEY, export_onnx, parity
+from tools.anchorkit_train.export import export_onnx, parity
 from tools.anchorkit_train.methods import ModelSize, TrainModel
 from tools.anchorkit_train.model import ShiftlessBN
 from tools.anchorkit_train.priors import LearnedAnchorPriors
 from tools.anchorkit_train.train import param_groups, train_step
-from tools.reference.preprocess import preprocess
-from tools.reference.spec import parse_spec
+from tools.reference.spec import METADATA_KEY
 
 SMALL = ModelSize(widths=(8, 16, 16, 32, 32), feat=16, stacked=1)
 
@@ -72,7 +72,9 @@ def test_shiftless_bn_eval_equals_train_on_every_level() -> None:
 
 
 def test_learned_anchor_onnx_equals_torch_eval_on_bccd(
-    bccd: Path, tmp_path: Path
+    bccd: Path,
+    tmp_path: Path,
+    bccd_test_inputs: Callable[[dict[str, Any], int], list[np.ndarray]],
 ) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -99,8 +101,7 @@ def test_learned_anchor_onnx_equals_torch_eval_on_bccd(
     spec = model.spec(BCCD_CLASSES, "t", (416, 312), {"note": "test"})
     path = tmp_path / "learned.onnx"
     export_onnx(model, path, spec)
-    test = load_voc(bccd, "test", BCCD_CLASSES)[:2]
-    inputs = [preprocess(parse_spec(spec).input, read_bgr(r.path))[0] for r in test]
+    inputs = bccd_test_inputs(spec, 2)
     assert all(x.shape[2:] == (320, 416) for x in inputs)
     inputs.append(np.ascontiguousarray(inputs[0][:, :, :192, :288]))  # another H, W
     assert parity(model, path, inputs) <= 1e-4

@@ -10,8 +10,7 @@ import pytest
 
 from tools.anchorkit_train.data import BCCD_CLASSES, load_voc
 from tools.anchorkit_train.evaluate import coco_eval, detect_all, onnx_infer
-from tools.anchorkit_train.export import METADATA_KEY
-from tools.reference.spec import parse_spec
+from tools.reference.spec import METADATA_KEY, parse_spec
 
 MODELS = Path(__file__).resolve().parents[3] / "models"
 ONNX = sorted(MODELS.glob("bccd_*.onnx"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -15,15 +17,13 @@ from tools.anchorkit_train.data import (
     AugConfig,
     TrainSet,
     load_voc,
-    read_bgr,
 )
-from tools.anchorkit_train.export import METADATA_KEY, export_onnx, parity
+from tools.anchorkit_train.export import export_onnx, parity
 from tools.anchorkit_train.losses import compute_loss
 from tools.anchorkit_train.methods import REGRESS_RANGES, ModelSize, TrainModel
 from tools.anchorkit_train.priors import LearnedAnchorPriors
 from tools.anchorkit_train.train import train_step
-from tools.reference.preprocess import preprocess
-from tools.reference.spec import parse_spec
+from tools.reference.spec import METADATA_KEY
 
 SMALL = ModelSize(widths=(8, 16, 16, 32, 32), feat=16, stacked=1)
 
@@ -82,7 +82,11 @@ def test_learned_anchors_receive_gradient() -> None:
 
 
 @pytest.mark.parametrize("method", ["atss", "retina_learned", "fcos"])
-def test_export_parity_and_spec(bccd: Path, tmp_path: Path, method: str) -> None:
+def test_export_parity_and_spec(
+    bccd_test_inputs: Callable[[dict[str, Any], int], list[np.ndarray]],
+    tmp_path: Path,
+    method: str,
+) -> None:
     torch.manual_seed(0)
     model = TrainModel(method, 3, SMALL).eval()
     with torch.no_grad():  # non-trivial outputs everywhere
@@ -91,8 +95,7 @@ def test_export_parity_and_spec(bccd: Path, tmp_path: Path, method: str) -> None
     spec = model.spec(BCCD_CLASSES, "t", (416, 312), {"note": "test"})
     path = tmp_path / "m.onnx"
     export_onnx(model, path, spec)
-    recs = load_voc(bccd, "test")[:1]
-    x1, _ = preprocess(parse_spec(spec).input, read_bgr(recs[0].path))
+    (x1,) = bccd_test_inputs(spec, 1)
     x2 = np.ascontiguousarray(x1[:, :, :224, :288])  # another H, W (dynamic axes)
     assert x1.shape[2:] == (320, 416)
     assert parity(model, path, [x1, x2]) <= 1e-4
