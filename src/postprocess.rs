@@ -513,19 +513,9 @@ mod tests {
             name: "t".into(),
             classes: (0..c_n).map(|c| format!("c{c}")).collect(),
             input: InputSpec {
-                name: "input".into(),
-                channel_order: ChannelOrder::Rgb,
                 mean: [0.0; 3],
                 std: [1.0; 3],
-                resize: ResizeRule::KeepRatio { scale: [1333, 800] },
-                pad: PadSpec {
-                    size_divisor: 32,
-                    value: 0.0,
-                },
-                dynamic_hw: true,
-                exif_orientation: true,
-                resize_backend: Default::default(),
-                shape_buckets: None,
+                ..InputSpec::mmdet_default()
             },
             head: HeadSpec {
                 kind: if centerness {

@@ -668,21 +668,7 @@ mod tests {
     use crate::spec::PadSpec;
 
     fn keep_ratio_spec() -> InputSpec {
-        InputSpec {
-            name: "input".into(),
-            channel_order: ChannelOrder::Rgb,
-            mean: [123.675, 116.28, 103.53],
-            std: [58.395, 57.12, 57.375],
-            resize: ResizeRule::KeepRatio { scale: [1333, 800] },
-            pad: PadSpec {
-                size_divisor: 32,
-                value: 0.0,
-            },
-            dynamic_hw: true,
-            exif_orientation: true,
-            resize_backend: Default::default(),
-            shape_buckets: None,
-        }
+        InputSpec::mmdet_default()
     }
 
     /// Sizes worked out with mmcv `rescale_size` for mmdet's (1333, 800) keep-ratio scale.

@@ -207,12 +207,10 @@ pub fn trt_profile(
 mod tests {
     use super::*;
     use crate::preprocess::{plan, plan_bucketed};
-    use crate::spec::{ChannelOrder, PadSpec};
+    use crate::spec::PadSpec;
 
     fn keep_ratio(scale: [u32; 2], d: u32) -> InputSpec {
         InputSpec {
-            name: "input".into(),
-            channel_order: ChannelOrder::Rgb,
             mean: [0.0; 3],
             std: [1.0; 3],
             resize: ResizeRule::KeepRatio { scale },
@@ -220,10 +218,7 @@ mod tests {
                 size_divisor: d,
                 value: 0.0,
             },
-            dynamic_hw: true,
-            exif_orientation: true,
-            resize_backend: Default::default(),
-            shape_buckets: None,
+            ..InputSpec::mmdet_default()
         }
     }
 

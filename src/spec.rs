@@ -87,6 +87,32 @@ pub struct InputSpec {
     pub shape_buckets: Option<Vec<[u32; 2]>>,
 }
 
+impl InputSpec {
+    /// The mmdet test-time input of the COCO detectors (FreeAnchor, ATSS, GFL configs):
+    /// tensor `"input"`, RGB, ImageNet mean `[123.675, 116.28, 103.53]` / std
+    /// `[58.395, 57.12, 57.375]` (pixel units), keep-ratio resize to scale (1333, 800), pad
+    /// bottom/right to a multiple of 32 with 0, dynamic H/W, EXIF orientation, cv2 resize, no
+    /// shape buckets. Source: mmdet `configs/_base_/datasets/coco_detection.py` `test_pipeline`
+    /// (`Resize(img_scale=(1333, 800), keep_ratio=True)`, `Normalize`, `Pad(size_divisor=32)`).
+    pub fn mmdet_default() -> Self {
+        InputSpec {
+            name: "input".into(),
+            channel_order: ChannelOrder::Rgb,
+            mean: [123.675, 116.28, 103.53],
+            std: [58.395, 57.12, 57.375],
+            resize: ResizeRule::KeepRatio { scale: [1333, 800] },
+            pad: PadSpec {
+                size_divisor: 32,
+                value: 0.0,
+            },
+            dynamic_hw: true,
+            exif_orientation: true,
+            resize_backend: ResizeBackend::default(),
+            shape_buckets: None,
+        }
+    }
+}
+
 /// Which bilinear resize produces the network input.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -38,12 +38,7 @@ fn read_jsonl(p: &std::path::Path) -> Dets {
                 .unwrap()
                 .iter()
                 .map(|d| {
-                    let b: Vec<f64> = d["bbox"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x.as_f64().unwrap())
-                        .collect();
+                    let b = common::bbox(d);
                     (
                         d["class_id"].as_u64().unwrap(),
                         d["score"].as_f64().unwrap(),

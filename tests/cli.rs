@@ -168,12 +168,7 @@ fn jsonl_dets(line: &str) -> Vec<(String, f64, [f64; 4])> {
         .expect("detections")
         .iter()
         .map(|d| {
-            let b: Vec<f64> = d["bbox"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
+            let b = common::bbox(d);
             (
                 d["class_name"].as_str().unwrap().to_string(),
                 d["score"].as_f64().unwrap(),
@@ -321,12 +316,7 @@ fn detect_writes_jsonl_csv_coco_and_drawings() {
         n_csv += dets.len();
         let mut prev = 1.0;
         for d in dets {
-            let b: Vec<f64> = d["bbox"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
+            let b = common::bbox(d);
             assert!(
                 b[0] >= 0.0
                     && b[1] >= 0.0

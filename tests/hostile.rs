@@ -490,12 +490,7 @@ fn a_tall_thin_image_gives_no_zero_width_boxes() {
         let bad = dets
             .iter()
             .filter(|d| {
-                let b: Vec<f64> = d["bbox"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap())
-                    .collect();
+                let b = common::bbox(d);
                 b[2] <= b[0] || b[3] <= b[1]
             })
             .count();

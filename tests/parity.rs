@@ -265,12 +265,7 @@ fn dets(rec: &Value) -> Vec<Det> {
         .expect("detections array")
         .iter()
         .map(|d| {
-            let b: Vec<f64> = d["bbox"]
-                .as_array()
-                .expect("bbox")
-                .iter()
-                .map(|v| v.as_f64().expect("num"))
-                .collect();
+            let b = common::bbox(d);
             Det {
                 bbox: [b[0], b[1], b[2], b[3]],
                 score: d["score"].as_f64().expect("score"),

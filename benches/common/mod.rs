@@ -34,20 +34,5 @@ pub fn report_cpu_time<R>(name: &str, iters: u32, mut f: impl FnMut() -> R) {
 /// The mmdet default input: RGB, ImageNet mean/std, keep-ratio (1333, 800), pad to 32.
 #[allow(dead_code)] // not every bench uses it
 pub fn mmdet_input() -> anchorkit::spec::InputSpec {
-    use anchorkit::spec::*;
-    InputSpec {
-        name: "input".into(),
-        channel_order: ChannelOrder::Rgb,
-        mean: [123.675, 116.28, 103.53],
-        std: [58.395, 57.12, 57.375],
-        resize: ResizeRule::KeepRatio { scale: [1333, 800] },
-        pad: PadSpec {
-            size_divisor: 32,
-            value: 0.0,
-        },
-        dynamic_hw: true,
-        exif_orientation: true,
-        resize_backend: Default::default(),
-        shape_buckets: None,
-    }
+    anchorkit::spec::InputSpec::mmdet_default()
 }

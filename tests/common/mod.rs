@@ -109,3 +109,15 @@ pub fn libjpeg_required() -> bool {
     );
     true
 }
+
+/// The `bbox` of one detection record of the JSONL/COCO output as `[x1, y1, x2, y2]`
+/// (pixels of the original image); panics when it is not an array of numbers.
+pub fn bbox(d: &serde_json::Value) -> [f64; 4] {
+    let b: Vec<f64> = d["bbox"]
+        .as_array()
+        .expect("bbox")
+        .iter()
+        .map(|v| v.as_f64().expect("bbox number"))
+        .collect();
+    [b[0], b[1], b[2], b[3]]
+}
