@@ -815,3 +815,53 @@ mod parsers {
         }
     }
 }
+
+/// `bench --images` and `eval --images` take `--max-pixels` like `detect`: a real 0.8 MP photo
+/// over a 0.1 MP limit is refused from its header, naming the file, without a panic.
+#[test]
+fn bench_and_eval_apply_max_pixels() {
+    if !common::runtime_ok() {
+        return common::skip("no ONNX Runtime");
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("samples/blood_smear.jpg"),
+        d.path().join("smear.jpg"),
+    )
+    .unwrap();
+    let o = run(&[
+        "bench",
+        "--images",
+        s(d.path()),
+        "--iters",
+        "1",
+        "--rounds",
+        "1",
+        "--max-pixels",
+        "100000",
+    ]);
+    let e = stderr(&o);
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(matches!(o.status.code(), Some(1 | 2)), "{e}");
+    assert!(e.contains("smear.jpg") && e.contains("megapixels"), "{e}");
+    let Some(bccd) = common::shared("data/bccd/BCCD") else {
+        return;
+    };
+    let o = run(&[
+        "eval",
+        "--voc",
+        s(&bccd),
+        "--split",
+        "test",
+        "--model",
+        "models/bccd_atss.onnx",
+        "--images",
+        s(&bccd.join("JPEGImages")),
+        "--max-pixels",
+        "1000",
+    ]);
+    let e = stderr(&o);
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(matches!(o.status.code(), Some(1 | 2)), "{e}");
+    assert!(e.contains("BloodImage_") && e.contains("megapixels"), "{e}");
+}

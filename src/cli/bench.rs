@@ -31,6 +31,10 @@ pub struct Args {
     /// A synthetic WIDTHxHEIGHT image (fixed pattern, JPEG-encoded in memory).
     #[arg(long, value_name = "WxH", default_value = "640x480")]
     synthetic: String,
+    /// Refuse images of more than N pixels (decompression bombs); checked from the header,
+    /// before decoding.
+    #[arg(long, value_name = "N", default_value_t = anchorkit::preprocess::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
     #[command(flatten)]
     rt: RuntimeArgs,
     /// Images per `Session::run`, in the measured loop (decode and preprocess per image, one
@@ -510,6 +514,7 @@ fn pipelined(
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anchorkit::preprocess::set_max_pixels(args.max_pixels)?;
     let (model, spec_path) = super::resolve_model(args.model.as_deref(), args.spec.as_deref())?;
     if args.batch == 0 || args.workers == 0 {
         bail!("--batch and --workers must be at least 1");

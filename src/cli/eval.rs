@@ -62,6 +62,10 @@ pub struct Args {
     /// With --model: override the spec's score threshold.
     #[arg(long, value_name = "T", requires = "model")]
     score_thr: Option<f32>,
+    /// Refuse images of more than N pixels (decompression bombs); checked from the header,
+    /// before decoding.
+    #[arg(long, value_name = "N", default_value_t = anchorkit::preprocess::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
     #[command(flatten)]
     rt: RuntimeArgs,
     /// How JSONL class ids map to GT categories: by `name`, or by `index` into the categories
@@ -232,6 +236,7 @@ fn detect_all(
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anchorkit::preprocess::set_max_pixels(args.max_pixels)?;
     let mut detector = match &args.model {
         Some(m) => {
             let mut d = Detector::load(m, args.spec.as_deref(), &args.rt.options())?;
