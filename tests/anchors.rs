@@ -866,3 +866,31 @@ fn mmdet_snippet_round_trips_through_the_spec() {
     );
     assert!(MmdetAnchorGenerator::parse("dict(type='AnchorGenerator', ratios=[1.0])").is_err());
 }
+
+/// The warning that an optimized set is worse than the defaults: on BCCD test, anchors a
+/// quarter of the RetinaNet default size lose recall at IoU >= 0.5 and are flagged, the
+/// defaults compared with themselves are not.
+#[test]
+fn worse_than_default_anchors_are_flagged() {
+    use anchorkit::anchor_opt::run::{compare_warnings, evaluate};
+    let Some(root) = shared("data/bccd/BCCD") else {
+        return;
+    };
+    let ds = dataset::load(&root, None, &split("test")).unwrap();
+    let (input, _) = InputBoxes::map(&ds, &Resize::default());
+    let strides = [8u32, 16, 32, 64, 128];
+    let cfg = GridConfig::default();
+    let default = evaluate(&input, "default", &retinanet_default(), &strides, &cfg).unwrap();
+    let tiny = PriorSpec::Anchors {
+        octave_base_scale: 1.0,
+        scales_per_octave: 3,
+        ratios: vec![0.5, 1.0, 2.0],
+        center_offset: 0.0,
+    };
+    let bad = evaluate(&input, "tiny", &tiny, &strides, &cfg).unwrap();
+    assert!(bad.grid.recall50 < default.grid.recall50);
+    let w = compare_warnings(&default, &bad);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("worse than the default anchors"), "{}", w[0]);
+    assert!(compare_warnings(&default, &default).is_empty());
+}
