@@ -217,7 +217,8 @@ fn spec_init_from_the_graph_alone() {
         !o.status.success() && e.contains("input.channel_order") && e.contains("--channel-order"),
         "{e}"
     );
-    let o = run(&[
+    // NanoDet-m's input normalization, in BGR
+    let norm = [
         "spec",
         "init",
         "--model",
@@ -230,30 +231,18 @@ fn spec_init_from_the_graph_alone() {
         "103.53,116.28,123.675",
         "--std",
         "57.375,57.12,58.395",
-    ]);
+    ];
+    let o = run(&norm);
     let e = stderr(&o);
     assert!(
         !o.status.success() && e.contains("input.resize") && e.contains("fixed 416x416"),
         "{e}"
     );
     let o = run(&[
-        "spec",
-        "init",
-        "--model",
-        m,
-        "--classes",
-        n,
-        "--channel-order",
-        "bgr",
-        "--mean",
-        "103.53,116.28,123.675",
-        "--std",
-        "57.375,57.12,58.395",
-        "--resize",
-        "stretch",
-        "--name",
-        "nanodet-m-416",
-    ]);
+        &norm[..],
+        &["--resize", "stretch", "--name", "nanodet-m-416"],
+    ]
+    .concat());
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     // Levels found by shape (stride 8 = 52x52 = 2704 rows), reg_max from 32 channels.
