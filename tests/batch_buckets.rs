@@ -24,6 +24,19 @@ fn bccd_test(n: usize) -> Option<Vec<PathBuf>> {
     )
 }
 
+/// `anchorkit detect ARGS IMAGES`, which must fail with exit code 2; the output and stderr.
+fn detect_fails(args: &[&str], imgs: &[PathBuf]) -> (std::process::Output, String) {
+    let o = anchorkit()
+        .arg("detect")
+        .args(args)
+        .args(imgs)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    (o, e)
+}
+
 /// `(image, [(class, score, box)])` per JSONL line.
 type Dets = Vec<(String, Vec<(u64, f64, [f64; 4])>)>;
 
@@ -187,21 +200,10 @@ fn fixed_batch_model_is_a_clear_error() {
     if !runtime_ok() {
         return;
     }
-    let o = anchorkit()
-        .args([
-            "detect",
-            "--batch",
-            "4",
-            "--model",
-            s(&model),
-            "--spec",
-            s(&spec),
-        ])
-        .args(&imgs)
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{e}");
+    let (_, e) = detect_fails(
+        &["--batch", "4", "--model", s(&model), "--spec", s(&spec)],
+        &imgs,
+    );
     assert!(
         e.contains("fixed batch size of 1") && e.contains("nanodet-m-320.onnx"),
         "{e}"
@@ -216,21 +218,10 @@ fn detect_on_cuda_without_a_gpu_fails_fast() {
     }
     let model = repo().join("models/bccd_freeanchor_w24.onnx");
     let t = std::time::Instant::now();
-    let o = anchorkit()
-        .args([
-            "detect",
-            "--ep",
-            "cuda",
-            "--batch",
-            "4",
-            "--model",
-            s(&model),
-        ])
-        .args(&imgs)
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{e}");
+    let (o, e) = detect_fails(
+        &["--ep", "cuda", "--batch", "4", "--model", s(&model)],
+        &imgs,
+    );
     assert!(
         e.contains("CUDAExecutionProvider") && e.contains("Not falling back to CPU"),
         "{e}"
