@@ -12,7 +12,9 @@
 #   --out DIR      summary and logs (default: $OUT, else ./gpu-check-out)
 #   --bin PATH     anchorkit binary (default: the newest of .gpu/run/anchorkit,
 #                  target/release/anchorkit, target/debug/anchorkit)
-#   --synth DIR    directory with retina_synth.onnx (default: .gpu/synth, target/synthetic-heads;
+#   --shared DIR   the data folder laid out like ../shared (default: ../shared; on a GPU machine
+#                  the subset scripts/gpu-prepare.sh writes to .gpu/data/shared, copied there)
+#   --synth DIR    directory with retina_synth.onnx (default: .gpu/run/synth, target/synthetic-heads;
 #                  generated with tools/make_synthetic_heads.py when absent and torch is there)
 #   --n N          images per set (default 48)
 #   --iters N      measured iterations per bench (default 144)
@@ -24,15 +26,16 @@
 # 3 no GPU (CPU parts only).
 set -uo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-}
-bin="" synth="" n=48 iters=144 quick=0 cpu_only=0 gep=cuda
+bin="" synth="" shared="" n=48 iters=144 quick=0 cpu_only=0 gep=cuda
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=${2:?}; shift 2 ;;
     --bin) bin=${2:?}; shift 2 ;;
     --synth) synth=${2:?}; shift 2 ;;
+    --shared) shared=${2:?}; shift 2 ;;
     --n) n=${2:?}; shift 2 ;;
     --iters) iters=${2:?}; shift 2 ;;
     --quick) quick=1; shift ;;
@@ -55,7 +58,9 @@ if [ -z "$bin" ]; then
   done
 fi
 [ -x "$bin" ] || { echo "gpu-check: no anchorkit binary (build it, or pass --bin PATH)" >&2; exit 2; }
-shared=$root/../shared
+shared=${shared:-$root/../shared}
+[ -d "$shared" ] || { echo "gpu-check: no data folder $shared (pass --shared DIR)" >&2; exit 2; }
+shared=$(cd "$shared" && pwd)
 steps=$out/steps.tsv
 : > "$steps"
 
@@ -95,7 +100,7 @@ nd=$shared/models/nanodet-m-coco/nanodet-m-320.onnx
 [ -f "$nd" ] && models+=("nanodet320|$nd|models/specs/nanodet-m-320.json|$coco|0|0")
 [ -f models/bccd_freeanchor_w24.onnx ] && models+=("bccd_w24|models/bccd_freeanchor_w24.onnx|-|$bccd|1|1")
 if [ -z "$synth" ]; then
-  for d in .gpu/synth target/synthetic-heads; do [ -f "$d/retina_synth.onnx" ] && synth=$d && break; done
+  for d in .gpu/run/synth .gpu/synth target/synthetic-heads; do [ -f "$d/retina_synth.onnx" ] && synth=$d && break; done
 fi
 if [ -z "$synth" ] && [ "$quick" = 0 ] && [ -x tools/.venv/bin/python ]; then
   synth=$out/synth
