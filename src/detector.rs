@@ -511,13 +511,7 @@ impl Detector {
         );
         let mut outputs = run_session(session, name, &self.model, tensor, meta)?;
         let t1 = t0.elapsed();
-        let mut values = Vec::with_capacity(self.outs.len());
-        for o in &self.outs {
-            let v = outputs.remove(&o.name).ok_or_else(|| {
-                Error::Runtime(format!("output {:?} missing from the run", o.name))
-            })?;
-            values.push((o.name.clone(), v));
-        }
+        let values = take_outputs(&self.outs, &mut outputs)?;
         Ok((
             HeadOutputs {
                 values: Arc::new(values),
@@ -558,14 +552,7 @@ impl Detector {
         let name = self.spec.input.name.as_str();
         let mut outputs = run_batch(session, name, &self.model, &data, tensors.len(), w, h)?;
         let dt = t0.elapsed();
-        let mut values = Vec::with_capacity(self.outs.len());
-        for o in &self.outs {
-            let v = outputs.remove(&o.name).ok_or_else(|| {
-                Error::Runtime(format!("output {:?} missing from the run", o.name))
-            })?;
-            values.push((o.name.clone(), v));
-        }
-        let values = Arc::new(values);
+        let values = Arc::new(take_outputs(&self.outs, &mut outputs)?);
         let heads = metas
             .iter()
             .enumerate()
@@ -773,12 +760,32 @@ fn run_session<'s>(
     tensor: &[f32],
     meta: &ImageMeta,
 ) -> Result<ort::session::SessionOutputs<'s>> {
-    let shape = [1usize, 3, meta.input_h as usize, meta.input_w as usize];
-    let input = TensorRef::from_array_view((shape, tensor))
-        .map_err(|e| Error::Runtime(format!("input tensor {shape:?}: {e}")))?;
-    session
-        .run(ort::inputs![input_name => input])
-        .map_err(|e| Error::Runtime(format!("{}: inference failed: {e}", model.display())))
+    run_batch(
+        session,
+        input_name,
+        model,
+        tensor,
+        1,
+        meta.input_w,
+        meta.input_h,
+    )
+}
+
+/// Moves the head outputs `outs` (in the detector's output order) out of a run's outputs.
+///
+/// Errors: [`Error::Runtime`] when an output is missing from the run.
+fn take_outputs(
+    outs: &[OutBuf],
+    outputs: &mut ort::session::SessionOutputs<'_>,
+) -> Result<Vec<(String, ort::value::DynValue)>> {
+    outs.iter()
+        .map(|o| {
+            let v = outputs.remove(&o.name).ok_or_else(|| {
+                Error::Runtime(format!("output {:?} missing from the run", o.name))
+            })?;
+            Ok((o.name.clone(), v))
+        })
+        .collect()
 }
 
 /// The f32 view of output `name`. Errors: [`Error::Runtime`] when it is not an f32 tensor.
