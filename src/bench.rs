@@ -1,7 +1,7 @@
 //! Latency harness for `anchorkit bench`: per-stage latency histograms (HDR, nanosecond
 //! resolution), the report (human table + JSON), comparison against an earlier report,
-//! execution-provider verification from ONNX Runtime's profile, bare `Session::run` throughput,
-//! and TensorRT profile shapes derived from the spec's resize rule.
+//! execution-provider verification from ONNX Runtime's profile ([`crate::runtime::profile`])
+//! and bare `Session::run` throughput.
 //!
 //! Stages, as in trtexec / onnxruntime_perf_test style reports but split the way a detector
 //! pipeline is: `decode` (JPEG/PNG bytes in memory -> RGB8), `preprocess` (resize, normalize,
@@ -11,7 +11,6 @@
 //! TensorRT engine build) are reported apart and never mixed into the percentiles.
 
 use crate::error::{Error, Result};
-use crate::spec::DetectorSpec;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -325,21 +324,6 @@ pub fn read_report(path: &Path) -> Result<BenchReport> {
     })
 }
 
-/// Node time per provider in an ONNX Runtime profile (Chrome trace JSON written by
-/// `end_profiling`), largest first; see [`crate::runtime::profile`].
-///
-/// Errors: [`Error::Io`], or [`Error::Runtime`] if the file is not a profile or has no node
-/// events.
-pub fn parse_profile(path: &Path) -> Result<Vec<EpShare>> {
-    Ok(crate::runtime::profile::summarize_file(path, "")?.shares)
-}
-
-/// TensorRT optimization profile `[min, opt, max]` for the spec's input over every shape its
-/// resize rule produces (batch 1 .. `batch`); see [`crate::shapes::trt_profile`].
-pub fn trt_profile_shapes(spec: &DetectorSpec, batch: usize) -> [String; 3] {
-    crate::shapes::trt_profile(spec, batch, None)
-}
-
 /// A fixed synthetic RGB image of `w x h` (horizontal red ramp, vertical green ramp, 32-px
 /// blue checkerboard); `tools/bench_baseline.py` draws the same one.
 pub fn synthetic_image(w: u32, h: u32) -> image::RgbImage {
@@ -604,11 +588,11 @@ mod tests {
                 {"cat":"Node","name":"nms_kernel_time","dur":100,"args":{"provider":"CPUExecutionProvider"}}]"#,
         )
         .unwrap();
-        let s = parse_profile(&p).unwrap();
+        let sum = crate::runtime::profile::summarize_file(&p, "CUDAExecutionProvider").unwrap();
+        let s = &sum.shares;
         assert_eq!(s[0].provider, "CUDAExecutionProvider");
         assert_eq!(s[0].nodes, 1);
         assert!((s[0].share - 0.75).abs() < 1e-12);
-        let sum = crate::runtime::profile::summarize_file(&p, "CUDAExecutionProvider").unwrap();
         let e = sum.check("CUDAExecutionProvider", true).unwrap_err();
         assert!(e.to_string().contains("CPUExecutionProvider"), "{e}");
         assert!(sum.check("CUDAExecutionProvider", false).is_ok());

@@ -118,7 +118,7 @@ impl Detector {
             let (cpu, _) = runtime::session(model, &o)?;
             Some(spec_for_session(model, &cpu, spec_override)?)
         };
-        let (spec_input, bucket_shapes) = match &pre {
+        let bucket_shapes = match &pre {
             Some((spec, _)) => {
                 let b = ShapeBuckets::resolve(&opts.shape_buckets, &spec.input, opts.ep)?;
                 let varying = b.is_none()
@@ -135,9 +135,9 @@ impl Detector {
                     // every shape the resize rule gives (bucket sessions get their own)
                     opts.trt_profile = Some(crate::shapes::trt_profile(spec, opts.batch, None));
                 }
-                (Some(spec.clone()), b)
+                b
             }
-            None => (None, None),
+            None => None,
         };
         // One session per bucket on GPU providers; one session otherwise.
         let shapes: Vec<Option<(u32, u32)>> = match &bucket_shapes {
@@ -148,8 +148,8 @@ impl Detector {
         let mut runtime_ref = None;
         for shape in &shapes {
             let mut o = opts.clone();
-            if let (Ep::TensorRt, None, Some(spec), Some(_)) =
-                (o.ep, &rt.trt_profile, &spec_input, shape)
+            if let (Ep::TensorRt, None, Some((spec, _)), Some(_)) =
+                (o.ep, &rt.trt_profile, &pre, shape)
             {
                 o.trt_profile = Some(crate::shapes::trt_profile(spec, o.batch, *shape));
             }
