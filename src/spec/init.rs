@@ -82,47 +82,28 @@ impl<T> Sourced<T> {
 /// comes from the graph, a flag or a default. Plain data (JSON), so a config reader in another
 /// language can produce it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConfigValues {
     /// What kind of config this was, e.g. `"NanoDet .yml"`.
-    #[serde(default)]
     pub kind: String,
-    #[serde(default)]
     pub classes: Option<Sourced<Vec<String>>>,
-    #[serde(default)]
     pub num_classes: Option<Sourced<usize>>,
-    #[serde(default)]
     pub channel_order: Option<Sourced<ChannelOrder>>,
     /// Per channel, in `channel_order`, pixel units.
-    #[serde(default)]
     pub mean: Option<Sourced<[f32; 3]>>,
-    #[serde(default)]
     pub std: Option<Sourced<[f32; 3]>>,
-    #[serde(default)]
     pub resize: Option<Sourced<ResizeRule>>,
-    #[serde(default)]
     pub pad: Option<Sourced<PadSpec>>,
-    #[serde(default)]
     pub head_kind: Option<Sourced<HeadKind>>,
-    #[serde(default)]
     pub strides: Option<Sourced<Vec<u32>>>,
-    #[serde(default)]
     pub reg_max: Option<Sourced<u32>>,
-    #[serde(default)]
     pub priors: Option<Sourced<PriorSpec>>,
-    #[serde(default)]
     pub coder: Option<Sourced<CoderSpec>>,
-    #[serde(default)]
     pub nms_pre: Option<Sourced<usize>>,
-    #[serde(default)]
     pub score_thr: Option<Sourced<f32>>,
-    #[serde(default)]
     pub iou_thr: Option<Sourced<f32>>,
-    #[serde(default)]
     pub max_per_img: Option<Sourced<usize>>,
-    #[serde(default)]
     pub rule: Option<Sourced<PostprocessRule>>,
-    #[serde(default)]
     pub min_bbox_size: Option<Sourced<f32>>,
 }
 
